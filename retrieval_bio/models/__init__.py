@@ -1,0 +1,40 @@
+"""Models: backbones (normalisation inside) and task heads.
+
+``create_backbone(name, weights)`` and ``create_model(backbone, task, ...)`` are the
+entry points, as ``timm.create_model`` is for timm.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .backbones import (
+    BACKBONES,
+    Backbone,
+    Normalize,
+    WeightsNotFoundError,
+    backbone_names,
+    create_backbone,
+)
+from .heads import TASKS, TaskModel, binarize
+
+
+def create_model(
+    backbone: str, task: str = "classify", *, num_classes: int = 10, bits: int = 32,
+    weights: str | os.PathLike | None = None,
+) -> TaskModel:
+    """Backbone ``backbone`` plus a new ``task`` head.
+
+    Args:
+        backbone: see :func:`create_backbone`.
+        task: ``"classify"`` (``num_classes`` logits) or ``"hash"`` (``bits`` outputs).
+        weights: backbone weights, see :func:`create_backbone`.
+    """
+    out = num_classes if task == "classify" else bits
+    return TaskModel(create_backbone(backbone, weights), task, out)
+
+
+__all__ = [
+    "BACKBONES", "Backbone", "Normalize", "TASKS", "TaskModel", "WeightsNotFoundError",
+    "backbone_names", "binarize", "create_backbone", "create_model",
+]

@@ -1,0 +1,234 @@
+"""Backbones: torchvision AlexNet / VGG-16 / ResNet-18, any timm model, a small CNN.
+
+Every backbone takes images in [0, 1] and starts with :class:`Normalize` (SPEC §1), so
+attacks and ε budgets live in pixel space. ``create_backbone`` returns a
+:class:`Backbone` whose ``forward`` maps ``(N, 3, H, W)`` to features ``(N, num_features)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..registry import Registry
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Pretrained weights are not on disk (nothing is downloaded at run time)."""
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel, after upsampling inputs smaller than ``min_size``.
+
+    The upsampling lets ImageNet architectures whose pooling chain needs a minimum input
+    (AlexNet: 63 px) run on CIFAR-size images with their pretrained weights unchanged.
+    It is differentiable, so attacks see it as part of the model.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], min_size: int = 0):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.min_size = min_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.min_size and min(x.shape[-2:]) < self.min_size:
+            x = F.interpolate(x, size=(self.min_size, self.min_size), mode="bilinear",
+                              align_corners=False)
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"min_size={self.min_size}"
+
+
+class Backbone(nn.Module):
+    """A feature extractor: ``normalize`` then ``net``; images in [0, 1] -> ``(N, F)``."""
+
+    def __init__(self, name: str, net: nn.Module, num_features: int, normalize: Normalize):
+        super().__init__()
+        self.name = name
+        self.normalize = normalize
+        self.net = net
+        self.num_features = num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x)).flatten(1)
+
+
+@dataclass
+class BackboneSpec:
+    """What a registered constructor returns before weights are handled."""
+
+    net: nn.Module
+    num_features: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    min_size: int = 0
+    head_keys: tuple[str, ...] = ()  # state-dict prefixes of the dropped ImageNet classifier
+
+
+BACKBONES: Registry[Callable[[str | None], BackboneSpec]] = Registry("backbone")
+
+
+def _torchvision_cache_file(weights_enum) -> Path:
+    url = weights_enum.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _load_torchvision_imagenet(net: nn.Module, weights_enum) -> None:
+    path = _torchvision_cache_file(weights_enum)
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"ImageNet weights for this backbone are not in the local torch cache: expected "
+            f"{path}. Download {weights_enum.url} on a machine with internet and copy it there "
+            f"(or set TORCH_HOME), or pass weights=<path to a state dict>."
+        )
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def _torchvision(builder: str, enum_name: str, strip: Callable[[nn.Module], tuple[int, str]],
+                 min_size: int = 0) -> Callable[[str | None], BackboneSpec]:
+    def make(weights: str | None) -> BackboneSpec:
+        import torchvision.models as tvm
+
+        net = getattr(tvm, builder)(weights=None)
+        if weights == "imagenet":
+            _load_torchvision_imagenet(net, getattr(tvm, enum_name).IMAGENET1K_V1)
+        num_features, head_key = strip(net)
+        return BackboneSpec(net, num_features, min_size=min_size, head_keys=(head_key,))
+
+    make.__doc__ = f"torchvision {builder} (ImageNet-1k weights: {enum_name}.IMAGENET1K_V1)"
+    return make
+
+
+def _strip_classifier_last(net: nn.Module) -> tuple[int, str]:
+    last = len(net.classifier) - 1
+    n = net.classifier[last].in_features
+    net.classifier[last] = nn.Identity()
+    return n, f"classifier.{last}."
+
+
+def _strip_fc(net: nn.Module) -> tuple[int, str]:
+    n = net.fc.in_features
+    net.fc = nn.Identity()
+    return n, "fc."
+
+
+# AlexNet's pooling chain needs >= 63 px; smaller inputs are upsampled to 64 inside Normalize.
+BACKBONES.register("alexnet")(
+    _torchvision("alexnet", "AlexNet_Weights", _strip_classifier_last, min_size=64))
+BACKBONES.register("vgg16")(_torchvision("vgg16", "VGG16_Weights", _strip_classifier_last))
+BACKBONES.register("resnet18")(_torchvision("resnet18", "ResNet18_Weights", _strip_fc))
+
+
+@BACKBONES.register("small-cnn")
+def small_cnn(weights: str | None) -> BackboneSpec:
+    """A 4-layer CNN (32-64-128-128 channels, ~0.3 M parameters) for demos and fast tests."""
+    if weights == "imagenet":
+        raise WeightsNotFoundError("small-cnn has no ImageNet weights; pretrain it instead")
+
+    def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True)]
+
+    net = nn.Sequential(*block(3, 32, 1), *block(32, 64, 2), *block(64, 128, 2),
+                        *block(128, 128, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return BackboneSpec(net, 128, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def _timm_spec(model_name: str, weights: str | None) -> BackboneSpec:
+    import timm
+
+    if weights == "imagenet":
+        old = os.environ.get("HF_HUB_OFFLINE")
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        try:
+            net = timm.create_model(model_name, pretrained=True, num_classes=0)
+        except Exception as e:  # timm raises several types for "not in cache"
+            raise WeightsNotFoundError(
+                f"pretrained weights for timm model {model_name!r} are not in the local "
+                f"Hugging Face / timm cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')})"
+                f". Fetch them once on a machine with internet "
+                f"(timm.create_model({model_name!r}, pretrained=True)) and copy the cache, "
+                f"or pass weights=<path to a state dict>. ({type(e).__name__}: {e})"
+            ) from e
+        finally:
+            if old is None:
+                os.environ.pop("HF_HUB_OFFLINE", None)
+            else:
+                os.environ["HF_HUB_OFFLINE"] = old
+    else:
+        net = timm.create_model(model_name, pretrained=False, num_classes=0)
+    cfg = net.pretrained_cfg or {}
+    return BackboneSpec(
+        net, net.num_features, mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(cfg.get("std", IMAGENET_STD)),
+    )
+
+
+def backbone_names() -> list[str]:
+    """Registered backbone names; any ``timm:<name>`` is accepted too."""
+    return BACKBONES.names() + ["timm:<name>"]
+
+
+def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]  # a retrieval-bio checkpoint
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} does not hold a state dict (got {type(obj).__name__})")
+    if any(k.startswith("backbone.net.") for k in obj):  # a whole TaskModel
+        obj = {k[len("backbone.net."):]: v for k, v in obj.items()
+               if k.startswith("backbone.net.")}
+    return obj
+
+
+def create_backbone(name: str, weights: str | os.PathLike | None = None) -> Backbone:
+    """Build backbone ``name`` (``BACKBONES.names()`` or ``"timm:<model>"``).
+
+    Args:
+        name: ``"alexnet"``, ``"vgg16"``, ``"resnet18"``, ``"small-cnn"`` or ``"timm:<name>"``.
+        weights: ``None`` (random init), ``"imagenet"`` (from the local torch / timm cache,
+            never downloaded) or a path to a state dict: a torchvision/timm state dict of the
+            whole architecture (its ImageNet classifier is ignored) or a retrieval-bio
+            checkpoint.
+
+    Returns:
+        A :class:`Backbone` mapping ``(N, 3, H, W)`` images in [0, 1] to ``(N, F)``.
+
+    Raises:
+        WeightsNotFoundError: ``weights`` names a file (or cache entry) that is not there.
+    """
+    file = None
+    if weights is not None and weights != "imagenet":
+        file = Path(weights)
+        if not file.is_file():
+            raise WeightsNotFoundError(
+                f"weights file {file} for backbone {name!r} does not exist; place a state dict "
+                f"there (torch.save(model.state_dict(), '{file}')) or pass weights='imagenet' "
+                f"to load from the local torch/timm cache."
+            )
+    if name.startswith("timm:"):
+        spec = _timm_spec(name[5:], None if file else weights)
+    else:
+        spec = BACKBONES.get(name)(None if file else weights)
+    if file is not None:
+        state = _state_dict_from_file(file)
+        state = {k: v for k, v in state.items() if not k.startswith(spec.head_keys or ("\0",))}
+        missing, unexpected = spec.net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"weights file {file} does not fit backbone {name!r}: missing keys "
+                f"{missing[:5]}, unexpected keys {unexpected[:5]}"
+            )
+    return Backbone(name, spec.net, spec.num_features,
+                    Normalize(spec.mean, spec.std, spec.min_size))
