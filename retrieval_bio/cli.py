@@ -2,17 +2,103 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import typer
+
+from .config import ConfigError, build_config
 
 app = typer.Typer(
     name="retrieval-bio",
     help="Measure how the learning rule behind a network changes its adversarial robustness "
-    "(deep-hashing retrieval and classification).",
+    "(deep-hashing retrieval and classification). Images are in [0, 1] everywhere.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
 data_app = typer.Typer(help="Inspect and validate datasets on disk.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
+def _fail(message: str) -> None:
+    from .ui import err_console
+
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+# Options shared by pretrain and finetune. ``None`` means "not given": the config file or
+# the stage default applies.
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML run config; flags override it.")
+BackboneOpt = typer.Option(None, help="alexnet | vgg16 | resnet18 | small-cnn | timm:<name>.")
+WeightsOpt = typer.Option(None, help="Backbone weights: 'imagenet' (local cache) or a file.")
+DatasetOpt = typer.Option(None, help="Dataset name (default digits); see 'data check'.")
+RootOpt = typer.Option(None, help="Folder holding the dataset in its standard layout.")
+ProtocolOpt = typer.Option(None, help="Split protocol (default: the dataset's own).")
+SizeOpt = typer.Option(None, "--image-size", help="Input side length in px.")
+EpochsOpt = typer.Option(None, help="Training epochs.")
+BatchOpt = typer.Option(None, "--batch-size", help="Batch size.")
+LrBOpt = typer.Option(None, "--lr-backbone", help="Adam learning rate of the backbone.")
+LrHOpt = typer.Option(None, "--lr-head", help="Adam learning rate of the new task layer.")
+SeedOpt = typer.Option(None, help="Seed of every random choice of the run.")
+DeviceOpt = typer.Option(None, help="auto (cuda, mps, cpu) | cpu | cuda | mps.")
+OutOpt = typer.Option(None, "--out", "-o", help="Run folder to write.")
+ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint.")
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Log each epoch's metrics.")
+
+
+def _run(stage: str, config: Path | None, resume: bool, verbose: bool, **flags) -> None:
+    from .runs import CONFIG, RunFolderError
+    from .train import NonFiniteLossError, train_run
+    from .ui import RichProgress, console, print_table
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if resume and flags.get("out") and (Path(flags["out"]) / CONFIG).is_file():
+            # A resumed run continues its own config; only --epochs may extend it.
+            cfg = build_config(stage, Path(flags["out"]) / CONFIG, epochs=flags.get("epochs"))
+        else:
+            cfg = build_config(stage, config, **flags)
+        result = train_run(cfg, resume=resume, progress=RichProgress())
+    except (ConfigError, RunFolderError, FileNotFoundError, KeyError, ValueError) as e:
+        _fail(str(e).strip("'\""))
+    except NonFiniteLossError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail(f"interrupted; continue with: retrieval-bio {stage} --out {flags.get('out')} "
+              f"--resume")
+    rows = [(k, v) for k, v in result.metrics.items() if not isinstance(v, (list, dict))]
+    print_table(f"{stage}: {result.run_dir}", ["metric", "value"], rows)
+    console.print(f"run folder: [bold]{result.run_dir}[/]")
+
+
+@app.command()
+def pretrain(
+    config: Path | None = ConfigOpt,
+    backbone: str | None = BackboneOpt,
+    weights: str | None = WeightsOpt,
+    dataset: str | None = DatasetOpt,
+    root: str | None = RootOpt,
+    protocol: str | None = ProtocolOpt,
+    image_size: int | None = SizeOpt,
+    epochs: int | None = EpochsOpt,
+    batch_size: int | None = BatchOpt,
+    lr_backbone: float | None = LrBOpt,
+    lr_head: float | None = LrHOpt,
+    seed: int | None = SeedOpt,
+    device: str | None = DeviceOpt,
+    out: str | None = OutOpt,
+    resume: bool = ResumeOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """BP pre-training of backbone + classifier (writes config.yaml, metrics.json,
+    checkpoint.pt). The starting point that 'finetune --init' takes."""
+    _run("pretrain", config, resume, verbose, task="classify", backbone=backbone,
+         weights=weights, dataset=dataset, root=root, protocol=protocol,
+         image_size=image_size, epochs=epochs, batch_size=batch_size, lr_backbone=lr_backbone,
+         lr_head=lr_head, seed=seed, device=device, out=out)
 
 
 def main() -> None:  # pragma: no cover

@@ -1,0 +1,203 @@
+"""The typed run configuration: one YAML file reproduces a run.
+
+``RunConfig`` holds every choice of a run. It is loaded from YAML
+(``retrieval-bio finetune --config configs/x.yaml``), overridden by CLI flags,
+validated (an unknown key or a bad value is an error naming it) and written into the run
+folder as ``config.yaml``. Defaults follow seed 001's fine-tuning protocol (SPEC §3):
+Adam β = (0.9, 0.999), weight decay 5e-4, lr 1e-5 for the backbone and 1e-4 for the new
+layer, 20 epochs, batch 32, 32-bit codes.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message names it and the fix."""
+
+
+STAGES = ("pretrain", "finetune")
+TASKS = ("classify", "hash")
+SCALES = ("norm", "none", "init")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class RunConfig:
+    """Every choice of one run (pretrain or finetune; classification or hashing).
+
+    Units: learning rates per step, ``image_size`` in px, ``bits`` = code length K.
+    """
+
+    stage: str = "finetune"
+    task: str = "classify"
+    backbone: str = "resnet18"
+    weights: str | None = None  # None | "imagenet" | path to a state dict
+    init: str | None = None  # run folder or checkpoint to start fine-tuning from
+    rule: str = "bp"
+    scale: str = "norm"
+    dataset: str = "digits"
+    root: str | None = None
+    protocol: str | None = None
+    image_size: int = 32
+    augment: bool = False
+    bits: int = 32
+    k: int | None = None  # mAP@k cut-off; None = the dataset's protocol default
+    lr_backbone: float = 1e-5
+    lr_head: float = 1e-4
+    proxy_lr_mult: float = 10.0
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    epochs: int = 20
+    batch_size: int = 32
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    out: str = "runs/latest"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- validation -------------------------------------------------------------------
+    def validate(self) -> None:
+        hints = typing.get_type_hints(RunConfig)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            value = _coerce(f.name, value, hints[f.name])
+            setattr(self, f.name, value)
+        _choice("stage", self.stage, STAGES)
+        _choice("task", self.task, TASKS)
+        _choice("scale", self.scale, SCALES)
+        _choice("device", self.device, DEVICES)
+        from .rules import RULES  # late: rules imports models
+
+        _choice("rule", self.rule, tuple(RULES))
+        for name in ("image_size", "bits", "epochs", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("lr_backbone", "lr_head", "proxy_lr_mult", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"betas must lie in [0, 1), got {self.betas}")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
+
+    # -- (de)serialisation ------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a run config must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown config key(s) {', '.join(map(repr, unknown))}; "
+                f"valid keys: {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    def replace(self, **overrides: Any) -> RunConfig:
+        """A copy with ``overrides`` applied (``None`` values are ignored: flag not given)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return RunConfig.from_dict({**self.to_dict(), **given})
+
+
+def stage_defaults(stage: str) -> dict[str, Any]:
+    """Defaults that differ by stage: BP pre-training from scratch needs larger rates."""
+    if stage == "pretrain":
+        return {"stage": "pretrain", "rule": "bp", "lr_backbone": 1e-3, "lr_head": 1e-3,
+                "weight_decay": 5e-4, "epochs": 10}
+    return {"stage": stage}
+
+
+def build_config(
+    stage: str, config_file: str | Path | None = None, **overrides: Any
+) -> RunConfig:
+    """Stage defaults, then the YAML file, then CLI ``overrides`` (``None`` = not given)."""
+    base = RunConfig.from_dict(stage_defaults(stage))
+    if config_file is not None:
+        file_cfg = RunConfig.load(config_file).to_dict()
+        explicit = yaml.safe_load(Path(config_file).read_text()) or {}
+        base = base.replace(**{k: file_cfg[k] for k in explicit})
+    return base.replace(**overrides)
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(choices)}")
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the annotation ``hint``; convert harmless forms (int->float)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0])
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{name} must be a list of {len(args)} numbers, got {value!r}")
+        return tuple(_coerce(name, v, a) for v, a in zip(value, args, strict=True))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads 1e-5 (no dot) as a string
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return value
+    return value
+
+
+__all__ = ["ConfigError", "RunConfig", "build_config", "stage_defaults"]

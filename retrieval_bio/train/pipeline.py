@@ -1,0 +1,240 @@
+"""A whole training run from one :class:`~retrieval_bio.config.RunConfig`.
+
+``train_run(cfg)`` loads the dataset, builds the model (backbone + task head), loads the
+``--init`` weights, converts every Linear/Conv2d to the configured learning rule, trains
+through the shared :class:`~retrieval_bio.train.Trainer`, then evaluates the selected epoch
+and writes the run folder. ``pretrain`` and ``finetune`` are this function with
+different stage defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .. import datasets, rules
+from ..config import RunConfig
+from ..datasets import DatasetSplits
+from ..eval.encode import accuracy, encode
+from ..losses import LOSSES
+from ..models import TaskModel, create_model
+from ..progress import Progress
+from ..runs import (
+    CHECKPOINT,
+    CONFIG,
+    RunFolderError,
+    load_checkpoint,
+    resolve_weights,
+    update_metrics,
+)
+from .devices import resolve_device, seed_everything
+from .trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced; everything is also in ``run_dir``."""
+
+    run_dir: Path
+    config: RunConfig
+    model: TaskModel
+    splits: DatasetSplits
+    metrics: dict[str, Any]
+
+
+def load_splits(cfg: RunConfig) -> DatasetSplits:
+    return datasets.load(cfg.dataset, cfg.root, protocol=cfg.protocol, seed=cfg.seed,
+                         image_size=cfg.image_size, augment=cfg.augment, **cfg.extra)
+
+
+def build_model(cfg: RunConfig, splits: DatasetSplits) -> TaskModel:
+    """Backbone + new head, ``--init`` weights loaded, layers converted to ``cfg.rule``."""
+    model = create_model(cfg.backbone, cfg.task, num_classes=splits.num_classes, bits=cfg.bits,
+                         weights=cfg.weights)
+    if cfg.init:
+        load_init(model, cfg.init)
+    return rules.convert(model, cfg.rule, scale=cfg.scale, seed=cfg.seed)
+
+
+def load_init(model: TaskModel, init: str | Path) -> None:
+    """Load backbone weights from a run folder or checkpoint; the task head stays new.
+
+    The head is re-initialised on purpose: a fine-tune appends a new task layer (SPEC §3).
+    """
+    path = resolve_weights(init)
+    state = load_checkpoint(path)
+    state = state.get("model", state)
+    backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    if not backbone:
+        raise RunFolderError(f"{path} holds no backbone weights (no 'backbone.*' keys)")
+    # Feedback buffers (M, R) of a converted source model are not carried over: the new
+    # run draws its own from its seed.
+    own = model.backbone.state_dict()
+    backbone = {k: v for k, v in backbone.items() if k in own or not _is_feedback_buffer(k)}
+    missing, unexpected = model.backbone.load_state_dict(backbone, strict=False)
+    missing = [k for k in missing if not _is_feedback_buffer(k)]
+    if missing or unexpected:
+        raise RunFolderError(
+            f"{path} does not fit backbone {model.backbone.name!r}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}; was it written for another --backbone?"
+        )
+
+
+def _is_feedback_buffer(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in rules.FEEDBACK_BUFFERS
+
+
+def build_objective(cfg: RunConfig, splits: DatasetSplits) -> nn.Module:
+    name = "hyp2" if cfg.task == "hash" else "cross-entropy"
+    kwargs: dict[str, Any] = {"num_classes": splits.num_classes, "bits": cfg.bits}
+    if name == "hyp2":
+        kwargs["proxy_lr_mult"] = cfg.proxy_lr_mult
+    return LOSSES.get(name)(**kwargs)
+
+
+def param_groups(cfg: RunConfig, model: TaskModel, objective: nn.Module) -> list[dict]:
+    """Backbone at ``lr_backbone``, the new head at ``lr_head``, loss parameters as the loss
+    asks (HyP² proxies: head rate x ``proxy_lr_mult``)."""
+    return [
+        {"params": list(model.backbone.parameters()), "lr": cfg.lr_backbone, "name": "backbone"},
+        {"params": list(model.head.parameters()), "lr": cfg.lr_head, "name": "head"},
+        *objective.param_groups(cfg.lr_head),
+    ]
+
+
+def make_validate(cfg: RunConfig, splits: DatasetSplits, device: torch.device):
+    """Per-epoch validation: accuracy (classify) or mAP@k of validation queries against
+    the train split's codes (hash; the train split stands in for the database so that
+    validation stays cheap on large databases)."""
+    bs = max(cfg.batch_size, 128)
+
+    def validate_classify(model: nn.Module) -> dict[str, float]:
+        logits, labels, _ = encode(model, splits.validation, batch_size=bs, device=device)
+        return {"val_accuracy": accuracy(logits, labels)}
+
+    def validate_hash(model: nn.Module) -> dict[str, float]:
+        from ..eval import map_at_k
+
+        q, ql, _ = encode(model, splits.validation, batch_size=bs, device=device)
+        d, dl, _ = encode(model, splits.train, batch_size=bs, device=device)
+        k = retrieval_k(cfg, splits)
+        return {"val_map": float(map_at_k(_sign(q), _sign(d), ql, dl, k))}
+
+    if cfg.task == "hash":
+        return validate_hash, "val_map"
+    return validate_classify, "val_accuracy"
+
+
+def retrieval_k(cfg: RunConfig, splits: DatasetSplits) -> int:
+    return splits.default_k if cfg.k is None else cfg.k
+
+
+def _sign(h: np.ndarray) -> np.ndarray:
+    return np.where(h >= 0, 1, -1).astype(np.int8)
+
+
+def train_run(
+    cfg: RunConfig, *, resume: bool = False, progress: Progress | None = None
+) -> RunResult:
+    """Train (or continue, ``resume=True``) the run ``cfg`` describes into ``cfg.out``.
+
+    Raises:
+        RunFolderError: ``cfg.out`` already holds a run and ``resume`` is False, or
+            ``resume`` is True and there is no checkpoint to continue.
+    """
+    run_dir = Path(cfg.out)
+    ckpt = run_dir / CHECKPOINT
+    if resume and not ckpt.is_file():
+        raise RunFolderError(f"--resume: {ckpt} does not exist; start the run without --resume")
+    if not resume and ckpt.is_file():
+        raise RunFolderError(
+            f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
+            f"--out"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / CONFIG)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    splits = load_splits(cfg)
+    model = build_model(cfg, splits)
+    objective = build_objective(cfg, splits)
+    validate, select = make_validate(cfg, splits, device)
+    epoch_hooks = []
+    if cfg.rule != "bp":
+        epoch_hooks.append(_diagnostics_hook(splits, objective, device))
+    trainer = Trainer(
+        model, objective, splits.train, param_groups=param_groups(cfg, model, objective),
+        epochs=cfg.epochs, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
+        betas=cfg.betas, seed=cfg.seed, device=device, amp=cfg.amp,
+        num_workers=cfg.num_workers, run_dir=run_dir, validate=validate, select_metric=select,
+        step_hooks=rules.step_hooks(model), epoch_hooks=epoch_hooks, progress=progress,
+    )
+    state = trainer.fit(resume=resume)
+    metrics = {"stage": cfg.stage, "task": cfg.task, "rule": cfg.rule,
+               "best_epoch": state.best_epoch, select: state.best_value}
+    metrics.update(evaluate_test(cfg, model, splits, device, run_dir, progress))
+    metrics = update_metrics(run_dir, **metrics)
+    return RunResult(run_dir, cfg, model, splits, metrics)
+
+
+def evaluate_test(
+    cfg: RunConfig, model: TaskModel, splits: DatasetSplits, device: torch.device,
+    run_dir: Path, progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Test metrics of the selected model: accuracy on the query split (classify), or
+    codes of query and database written to ``codes.npz`` and mAP@k (hash)."""
+    bs = max(cfg.batch_size, 128)
+    if cfg.task == "classify":
+        logits, labels, _ = encode(model, splits.query, batch_size=bs, device=device,
+                                   progress=progress, description="test")
+        return {"test_accuracy": accuracy(logits, labels)}
+    from ..eval import map_at_k
+
+    q, ql, qi = encode(model, splits.query, batch_size=bs, device=device, progress=progress,
+                       description="encoding queries")
+    d, dl, di = encode(model, splits.database, batch_size=bs, device=device,
+                       progress=progress, description="encoding database")
+    save_codes(run_dir / "codes.npz", _sign(q), ql, qi, _sign(d), dl, di)
+    k = retrieval_k(cfg, splits)
+    return {"map@k": float(map_at_k(_sign(q), _sign(d), ql, dl, k)), "k": k}
+
+
+def save_codes(path: Path, q: np.ndarray, ql: np.ndarray, qi: np.ndarray, d: np.ndarray,
+               dl: np.ndarray, di: np.ndarray) -> None:
+    """``codes.npz``: int8 ±1 codes, multi-hot labels and split ids of query and database."""
+    import io
+
+    from ..runs import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, query_codes=q, query_labels=ql.astype(np.uint8), query_ids=qi,
+                        db_codes=d, db_labels=dl.astype(np.uint8), db_ids=di)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _diagnostics_hook(splits: DatasetSplits, objective: nn.Module, device: torch.device):
+    """Per-epoch rule diagnostics (SPEC §2): B-vs-W angles and input-gradient angles on
+    one fixed validation batch."""
+    from torch.utils.data import DataLoader
+
+    images, labels, _ = next(iter(DataLoader(splits.validation, batch_size=32)))
+
+    def hook(model: nn.Module, epoch: int) -> dict[str, Any]:
+        batch = (images.to(device), labels.to(device))
+        w_angles = rules.layer_angles(model)
+        g_angles = rules.gradient_angles(model, lambda out, y: objective(out.float(), y), batch)
+        return {"diagnostics": {
+            "mean_feedback_angle_deg": float(np.mean(list(w_angles.values()))),
+            "mean_grad_angle_deg": float(np.mean(list(g_angles.values()))),
+            "feedback_angle_deg": w_angles, "grad_angle_deg": g_angles,
+        }}
+
+    return hook

@@ -1,0 +1,295 @@
+"""The one shared trainer: every task and learning rule trains through :class:`Trainer`.
+
+It owns the loop and nothing task-specific: the model maps images to outputs, the
+``objective`` (an ``nn.Module``, possibly with parameters such as HyP² proxies) maps
+``(outputs, labels)`` to a scalar loss, ``validate`` returns metrics each epoch and
+``select_metric`` (maximised) picks the epoch whose weights the run keeps.
+
+Reproducibility: the order of epoch ``e`` is a permutation drawn from a generator seeded
+with ``(seed, e)``, and every checkpoint stores the optimiser and all RNG states taken at
+the start of the step it resumes from, so ``resume=True`` continues to the same weights as
+an uninterrupted run on the same device, whether the stop came at an epoch end or a Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..progress import Progress, ensure
+from ..runs import BEST, CHECKPOINT, atomic_torch_save, load_checkpoint, update_metrics
+from .devices import rng_state, set_rng_state
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the epoch and step."""
+
+
+@dataclass
+class TrainerState:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps completed inside the current epoch
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_value: float | None = None
+
+
+StepHook = Callable[[nn.Module, torch.optim.Optimizer], None]
+EpochHook = Callable[[nn.Module, int], dict[str, Any]]
+
+
+class Trainer:
+    """Adam training loop with validation, selection, atomic checkpoints and resume.
+
+    Args:
+        model: maps images ``(N, 3, H, W)`` in [0, 1] to task outputs.
+        objective: ``objective(outputs, labels) -> scalar loss``; its parameters train too.
+        train_set: yields ``(image, multi-hot label, index)``.
+        param_groups: optimiser groups (``{"params": [...], "lr": ...}``); they must cover
+            every trainable parameter of ``model`` and ``objective``.
+        epochs, batch_size, weight_decay, betas: Adam and loop settings.
+        seed: seeds the per-epoch data order.
+        device: a torch device (see :func:`retrieval_bio.train.resolve_device`).
+        amp: float16 autocast + gradient scaling, used on CUDA only.
+        run_dir: folder for ``checkpoint.pt``, ``best.pt`` and ``metrics.json``
+            (``None``: nothing is written).
+        validate: ``validate(model) -> {metric: value}``, run each epoch (model in eval).
+        select_metric: key of ``validate``'s output to maximise; the model ends at the best
+            epoch's weights. ``None``: the last epoch is kept.
+        step_hooks: called after every optimiser step (e.g. brSF redraws its M).
+        epoch_hooks: called at each epoch end, return diagnostics to log.
+        progress: a :class:`retrieval_bio.progress.Progress` (the CLI passes a rich bar).
+    """
+
+    def __init__(
+        self, model: nn.Module, objective: nn.Module, train_set: Dataset, *,
+        param_groups: Sequence[dict[str, Any]], epochs: int, batch_size: int,
+        weight_decay: float = 5e-4, betas: tuple[float, float] = (0.9, 0.999), seed: int = 0,
+        device: torch.device | str = "cpu", amp: bool = True, num_workers: int = 0,
+        run_dir: str | Path | None = None,
+        validate: Callable[[nn.Module], dict[str, float]] | None = None,
+        select_metric: str | None = None, step_hooks: Sequence[StepHook] = (),
+        epoch_hooks: Sequence[EpochHook] = (), progress: Progress | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.objective = objective.to(self.device)
+        self.train_set = train_set
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.validate = validate
+        self.select_metric = select_metric
+        self.step_hooks = list(step_hooks)
+        self.epoch_hooks = list(epoch_hooks)
+        self.progress = ensure(progress)
+        self._check_groups(param_groups)
+        self.optimizer = torch.optim.Adam(
+            [dict(g) for g in param_groups], betas=betas, weight_decay=weight_decay
+        )
+        self.amp = amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.state = TrainerState()
+        self._best_state: dict[str, Any] | None = None
+
+    # -- public -----------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainerState:
+        """Train for the remaining epochs; ``resume`` continues from ``run_dir``'s checkpoint.
+
+        Raises:
+            NonFiniteLossError: the loss became NaN/inf (the last checkpoint is kept).
+            KeyboardInterrupt: on Ctrl-C, after finishing the current step and writing a
+                checkpoint that ``resume=True`` continues exactly (a second Ctrl-C stops at
+                once, keeping the last epoch's checkpoint).
+        """
+        if resume:
+            self.load(self._path(CHECKPOINT))
+        with _GracefulInterrupt() as interrupt:
+            while self.state.epoch < self.epochs:
+                train_stats = self._train_epoch(self.state.epoch, interrupt)
+                if train_stats is None:  # Ctrl-C: stopped cleanly between two steps
+                    if self.run_dir is not None:
+                        self.save(self._path(CHECKPOINT))
+                        log.warning("interrupted at epoch %d step %d; checkpoint written to %s",
+                                    self.state.epoch + 1, self.state.step, self.run_dir)
+                    raise KeyboardInterrupt
+                self._end_epoch(train_stats)
+        if self.select_metric is not None and self._best_state is None and self.run_dir:
+            best_path = self._path(BEST)
+            if best_path.is_file():
+                self._best_state = load_checkpoint(best_path)
+        if self._best_state is not None:
+            self.model.load_state_dict(self._best_state["model"])
+            self.objective.load_state_dict(self._best_state["objective"])
+        return self.state
+
+    def save(self, path: Path) -> None:
+        s = self.state
+        atomic_torch_save({
+            "model": self.model.state_dict(), "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "epoch": s.epoch, "step": s.step, "global_step": s.global_step,
+            "history": s.history, "best_epoch": s.best_epoch, "best_value": s.best_value,
+            "rng": rng_state(),
+        }, path)
+
+    def load(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        self.model.load_state_dict(ckpt["model"])
+        self.objective.load_state_dict(ckpt["objective"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.state = TrainerState(
+            epoch=ckpt["epoch"], step=ckpt["step"], global_step=ckpt["global_step"],
+            history=list(ckpt["history"]), best_epoch=ckpt["best_epoch"],
+            best_value=ckpt["best_value"],
+        )
+        set_rng_state(ckpt["rng"])
+
+    # -- internals --------------------------------------------------------------------
+    def _path(self, name: str) -> Path:
+        if self.run_dir is None:
+            raise ValueError("this trainer has no run_dir, so it cannot save or resume")
+        return self.run_dir / name
+
+    def _check_groups(self, groups: Sequence[dict[str, Any]]) -> None:
+        covered = {id(p) for g in groups for p in g["params"]}
+        trainable = [p for m in (self.model, self.objective) for p in m.parameters()
+                     if p.requires_grad]
+        missing = [p for p in trainable if id(p) not in covered]
+        if missing:
+            raise ValueError(f"{len(missing)} trainable parameters are in no parameter group")
+
+    def _loader(self, epoch: int, start_step: int) -> DataLoader:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        n = len(self.train_set)
+        order = torch.randperm(n, generator=g)
+        usable = n - n % self.batch_size if n >= self.batch_size else n  # no 1-item BN batch
+        order = order[start_step * self.batch_size : usable].tolist()
+        # A private generator: creating the loader must not consume the global RNG, or a
+        # resumed epoch would see other dropout masks than the uninterrupted one.
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=order,
+                          num_workers=self.num_workers, generator=g,
+                          pin_memory=self.device.type == "cuda")
+
+    def _train_epoch(self, epoch: int, interrupt: _GracefulInterrupt) -> dict[str, float] | None:
+        self.model.train()
+        self.objective.train()
+        loader = self._loader(epoch, self.state.step)
+        total = math.ceil(len(self.train_set) / self.batch_size)
+        self.progress.start(f"epoch {epoch + 1}/{self.epochs}", total)
+        self.progress.advance(self.state.step)
+        loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
+        try:
+            for images, labels, _ in loader:
+                if interrupt.requested:
+                    return None
+                loss = self._train_step(images, labels)
+                loss_sum += loss * images.shape[0]
+                seen += images.shape[0]
+                self.state.step += 1
+                self.state.global_step += 1
+                rate = seen / max(time.perf_counter() - t0, 1e-9)
+                self.progress.advance(1, loss=loss, images_per_s=rate)
+            if interrupt.requested and self.state.step < total:
+                return None
+        finally:
+            self.progress.stop()
+        elapsed = time.perf_counter() - t0
+        return {"loss": loss_sum / max(seen, 1), "time_s": elapsed,
+                "images_per_s": seen / max(elapsed, 1e-9)}
+
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            outputs = self.model(images)
+            loss = self.objective(outputs.float(), labels)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"loss is {value} at epoch {self.state.epoch + 1}, step {self.state.step + 1} "
+                f"(global step {self.state.global_step + 1}); the last good checkpoint is kept "
+                f"in {self.run_dir}. Lower the learning rate or check the data and rule scale."
+            )
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        for hook in self.step_hooks:
+            hook(self.model, self.optimizer)
+        return value
+
+    def _end_epoch(self, train_stats: dict[str, float]) -> None:
+        s = self.state
+        entry: dict[str, Any] = {"epoch": s.epoch + 1, **train_stats}
+        if self.validate is not None:
+            self.model.eval()
+            self.objective.eval()
+            with torch.no_grad():
+                entry.update(self.validate(self.model))
+        for hook in self.epoch_hooks:
+            entry.update(hook(self.model, s.epoch + 1))
+        s.history.append(entry)
+        s.epoch += 1
+        s.step = 0
+        improved = False
+        if self.select_metric is not None:
+            value = entry.get(self.select_metric)
+            if value is None:
+                raise KeyError(f"validate() returned no {self.select_metric!r} metric")
+            if s.best_value is None or value > s.best_value:
+                s.best_value, s.best_epoch, improved = float(value), s.epoch, True
+                self._best_state = {
+                    "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                    "objective": {k: v.detach().clone()
+                                  for k, v in self.objective.state_dict().items()},
+                }
+        log.info("epoch %d: %s", s.epoch, entry)
+        if self.run_dir is not None:
+            if improved:
+                atomic_torch_save({**self._best_state, "epoch": s.epoch}, self._path(BEST))
+            self.save(self._path(CHECKPOINT))
+            update_metrics(self.run_dir, history=s.history, best_epoch=s.best_epoch,
+                           select_metric=self.select_metric, best_value=s.best_value)
+
+
+class _GracefulInterrupt:
+    """Turns the first Ctrl-C (SIGINT) into a flag checked between steps, so the checkpoint
+    written on interrupt never holds a half-applied optimiser step. A second Ctrl-C raises
+    ``KeyboardInterrupt`` at once. Outside the main thread it does nothing."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: stopping after this step (press again to stop at once)")
+
+    def __enter__(self) -> _GracefulInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)

@@ -1,0 +1,107 @@
+"""The shared trainer: resume equals an uninterrupted run, atomic checkpoints, NaN guard."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+import torch.nn as nn
+
+from retrieval_bio.datasets import TensorSplit
+from retrieval_bio.runs import CHECKPOINT, atomic_torch_save, load_checkpoint
+from retrieval_bio.train import NonFiniteLossError, Trainer
+
+
+class _CE(nn.Module):
+    def forward(self, logits, labels):
+        return nn.functional.cross_entropy(logits, labels.argmax(1))
+
+
+def _data(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, 8, 8, generator=g)
+    y = torch.nn.functional.one_hot((x.mean((1, 2, 3)) * 30).long() % 3, 3).float()
+    return TensorSplit(x, y)
+
+
+def _model():
+    torch.manual_seed(0)
+    # dropout makes the result depend on the global RNG, which resume must restore
+    return nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.ReLU(), nn.Dropout(0.3),
+                         nn.Linear(32, 3))
+
+
+def _trainer(model, run_dir, epochs=3, hooks=()):
+    return Trainer(model, _CE(), _data(), param_groups=[{"params": list(model.parameters()),
+                   "lr": 1e-2}], epochs=epochs, batch_size=16, seed=3, run_dir=run_dir,
+                   step_hooks=hooks)
+
+
+class _CtrlCAt:
+    """Send this process a real SIGINT (what Ctrl-C sends) during the n-th step."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, 0
+
+    def __call__(self, model, opt):
+        self.calls += 1
+        if self.calls == self.n:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("stop_after", [6, 8, 13])  # epoch end, mid-epoch, mid-epoch 3
+def test_resume_after_interrupt_matches_uninterrupted(tmp_path, stop_after):
+    ref = _model()
+    _trainer(ref, tmp_path / "ref").fit()
+
+    model = _model()
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(model, tmp_path / "run", hooks=[_CtrlCAt(stop_after)]).fit()
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT)["global_step"] == stop_after
+
+    resumed = _model()  # a fresh process would start from scratch weights
+    state = _trainer(resumed, tmp_path / "run").fit(resume=True)
+    assert state.epoch == 3
+    for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    atomic_torch_save({"w": torch.arange(5)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("simulated crash while writing")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        atomic_torch_save({"w": torch.zeros(5), "bad": Unpicklable()}, path)
+    assert torch.equal(load_checkpoint(path)["w"], torch.arange(5))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left
+
+
+def test_nan_loss_stops_with_the_step_named(tmp_path):
+    class NanAfter(_CE):
+        calls = 0
+
+        def forward(self, logits, labels):
+            NanAfter.calls += 1
+            loss = super().forward(logits, labels)
+            return loss * float("nan") if NanAfter.calls == 8 else loss
+
+    model = _model()
+    t = Trainer(model, NanAfter(), _data(), param_groups=[{"params": list(model.parameters()),
+                "lr": 1e-2}], epochs=3, batch_size=16, run_dir=tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 2 \(global step 8\)"):
+        t.fit()
+    # the checkpoint of epoch 1 is intact and resumable
+    assert load_checkpoint(tmp_path / CHECKPOINT)["epoch"] == 1
+
+
+def test_parameters_outside_any_group_are_refused():
+    model = _model()
+    with pytest.raises(ValueError, match="in no parameter group"):
+        Trainer(model, _CE(), _data(), param_groups=[{"params": [model[1].weight]}],
+                epochs=1, batch_size=16)
