@@ -5,9 +5,13 @@
 
 from __future__ import annotations
 
-from . import digits  # noqa: F401  (registers "digits")
+# Importing a loader module registers its datasets.
+from . import cifar, coco, digits, idx, listfile  # noqa: F401
 from .base import SPLIT_NAMES, DatasetSplits, TensorSplit
+from .check import CheckReport, check
+from .errors import DatasetError, Problem, ProblemLog
 from .registry import DATASETS
+from .transforms import make_transform
 
 
 def load(
@@ -22,8 +26,17 @@ def load(
         protocol: split protocol; ``None`` picks the dataset's default.
         seed: seeds every random choice of the split.
         image_size: side length in px of the returned images.
+        kwargs: loader options, e.g. ``augment`` (train-split augmentation), ``skip_bad``
+            (skip and count unreadable items), ``counts`` (protocol sizes), ``lists``.
+
+    Raises:
+        DatasetError: a file is missing (the message shows the expected layout), a list line
+            or image is bad (names file and line), or the data is too small for the protocol.
     """
     return DATASETS.get(name)(root, protocol=protocol, seed=seed, image_size=image_size, **kwargs)
 
 
-__all__ = ["DATASETS", "DatasetSplits", "SPLIT_NAMES", "TensorSplit", "load"]
+__all__ = [
+    "DATASETS", "CheckReport", "DatasetError", "DatasetSplits", "Problem", "ProblemLog",
+    "SPLIT_NAMES", "TensorSplit", "check", "load", "make_transform",
+]

@@ -117,9 +117,8 @@ def per_class_split(
         for p, n in enumerate(counts):
             stop = len(idx) if n < 0 else start + n
             if stop > len(idx):
-                raise ValueError(
-                    f"class {c} has {len(idx)} items, the protocol needs {sum(max(x, 0) for x in counts)}"
-                )
+                need = sum(max(x, 0) for x in counts)
+                raise ValueError(f"class {c} has {len(idx)} items, the protocol needs {need}")
             parts[p].append(idx[start:stop])
             start = stop
     return [rng.permutation(np.concatenate(p)) for p in parts]

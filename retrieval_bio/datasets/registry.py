@@ -1,4 +1,7 @@
-"""Dataset registry: a loader is ``fn(root, *, protocol, seed, image_size, **kw) -> DatasetSplits``."""
+"""Dataset registry.
+
+A loader is ``fn(root, *, protocol, seed, image_size, **kw) -> DatasetSplits``.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,223 @@
+"""List-file datasets: the HashNet / DeepHash-pytorch / HyP² format (SPEC §6).
+
+One image per line, ``relative/path.jpg 0 1 0 …``: a path relative to the data root, then a
+C-long 0/1 label vector. A list folder holds ``train.txt``, ``test.txt`` (the queries),
+``database.txt`` and optionally ``val.txt``. Every line is validated (vector length against
+``num_classes`` or the first line, entries in {0, 1}, image file present); a problem names
+the list file and line.
+
+Protocols:
+
+* ``lists``: train.txt -> train, test.txt -> query, database.txt -> database; validation =
+  val.txt if present, else a seeded carve-out of ``counts["validation"]`` train lines
+  (default 10 % of train.txt), removed from train.
+* ``seed001`` for ``nuswide21``: seed 001's 2,100 validation images carved (seeded) from
+  train.txt (the literature's 10,500 train lines leave 8,400 for training).
+* ``seed001`` for ``imagenet100``: seed 001's 5,000 test images split evenly, seeded, into
+  2,500 query and 2,500 validation; train.txt (13,000) and database.txt unchanged.
+
+The database is shuffled once (seeded) in every protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .assemble import from_files
+from .base import DatasetSplits
+from .errors import DatasetError, ProblemLog, missing
+from .images import keep_readable
+from .registry import DATASETS
+from .splits import carve, merge_counts, shuffled
+
+LIST_FILES = {"train": "train.txt", "query": "test.txt", "database": "database.txt"}
+VAL_FILE = "val.txt"
+
+LAYOUT = """\
+  LISTS/train.txt, LISTS/test.txt, LISTS/database.txt   (optional LISTS/val.txt)
+      one image per line: 'relative/path.jpg 0 1 0 ...' (a path, then C labels in {0, 1})
+  ROOT/<relative/path.jpg>                              (paths are relative to ROOT)
+  LISTS defaults to ROOT (option lists=DIR / --lists DIR)
+"""
+
+
+def read_list_file(
+    list_path: str | Path, data_root: str | Path, problems: ProblemLog,
+    num_classes: int | None = None, source: str | None = None,
+) -> tuple[list[str], np.ndarray, list[tuple[str, int]], int | None, str | None]:
+    """Parse and validate one list file.
+
+    Args:
+        list_path: the list file.
+        data_root: folder the image paths are relative to.
+        problems: receives bad lines (raises in ``"raise"`` mode); bad lines are dropped.
+        num_classes: expected vector length C; ``None`` takes it from the first valid line.
+        source: where ``num_classes`` came from, for messages (e.g. ``"train.txt:1"``).
+
+    Returns:
+        ``(paths, labels, origins, C, source)``: image paths joined to ``data_root``; uint8
+        labels ``(N, C)``; per line ``(list file, 1-based line number)``; the vector length
+        used and where it was set.
+        Image files are not checked here (see :func:`images.keep_readable`).
+    """
+    list_path = Path(list_path)
+    if not list_path.is_file():
+        raise missing(list_path, "list file", LAYOUT)
+    paths, rows, origins = [], [], []
+    if source is None and num_classes is not None:
+        source = f"num_classes={num_classes}"
+    with open(list_path, encoding="utf-8") as f:
+        for lineno, text in enumerate(f, start=1):
+            tokens = text.split()
+            if not tokens:
+                continue  # blank lines (e.g. a trailing newline) carry nothing
+            path, vec = tokens[0], tokens[1:]
+            if not vec:
+                problems.report(list_path, f"no label vector after the path {path!r}", lineno)
+                continue
+            bad = [(j, t) for j, t in enumerate(vec) if t not in ("0", "1")]
+            if bad:
+                j, t = bad[0]
+                problems.report(
+                    list_path, f"label entry {j} is {t!r}, entries must be 0 or 1", lineno
+                )
+                continue
+            if num_classes is None:
+                num_classes, source = len(vec), f"{list_path}:{lineno}"
+            if len(vec) != num_classes:
+                problems.report(
+                    list_path,
+                    f"label vector has {len(vec)} entries, expected {num_classes} "
+                    f"(set by {source})", lineno,
+                )
+                continue
+            paths.append(str(Path(data_root) / path))
+            rows.append(np.fromiter((t == "1" for t in vec), dtype=np.uint8, count=len(vec)))
+            origins.append((str(list_path), lineno))
+    labels = np.stack(rows) if rows else np.zeros((0, num_classes or 0), np.uint8)
+    return paths, labels, origins, num_classes, source
+
+
+def _read_checked(
+    list_path: Path, data_root: Path, problems: ProblemLog, num_classes: int | None,
+    source: str | None,
+) -> tuple[list[str], np.ndarray, int | None, str | None]:
+    paths, labels, origins, c, source = read_list_file(
+        list_path, data_root, problems, num_classes, source
+    )
+    keep = keep_readable(paths, problems, origins)
+    return [paths[i] for i in keep], labels[keep], c, source
+
+
+def load_list_splits(
+    name: str, root: str | None, *, lists: str | None = None, protocol: str = "lists",
+    seed: int = 0, image_size: int = 32, augment: bool = False, skip_bad: bool = False,
+    num_classes: int | None = None, default_k: int = 0, counts: Mapping[str, int] | None = None,
+    multi_label: bool | None = None, problems: ProblemLog | None = None,
+) -> DatasetSplits:
+    """Splits of a list-file dataset; see the module docstring for ``protocol``.
+
+    Args:
+        lists: folder of the list files (default ``root``).
+        num_classes: C; ``None`` takes it from the first line of train.txt.
+        default_k: the dataset's mAP@k cut-off.
+        counts: overrides of the protocol's validation (and for ``imagenet100`` ``seed001``
+            query) sizes.
+        skip_bad: skip and count bad lines and unreadable images (``info["skipped"]``).
+    """
+    if root is None:
+        raise DatasetError(f"{name} needs root=\nExpected layout:\n{LAYOUT}")
+    data_root = Path(root)
+    list_dir = Path(lists) if lists is not None else data_root
+    if not data_root.is_dir():
+        raise missing(data_root, f"{name} data root folder", LAYOUT)
+    problems = problems or ProblemLog.for_load(skip_bad)
+    before = problems.count
+
+    pools: dict[str, tuple[list[str], np.ndarray]] = {}
+    c, source = num_classes, None
+    for split, fname in LIST_FILES.items():
+        paths, labels, c, source = _read_checked(list_dir / fname, data_root, problems, c, source)
+        pools[split] = (paths, labels)
+    if (list_dir / VAL_FILE).is_file() and protocol == "lists":
+        pools["validation"] = _read_checked(list_dir / VAL_FILE, data_root, problems, c, source)[:2]
+    if c is None:
+        raise DatasetError(f"{name}: no valid line in the list files under {list_dir}")
+
+    # One pool of items; every split is an index array into it.
+    order = [s for s in ("train", "validation", "query", "database") if s in pools]
+    all_paths = [p for s in order for p in pools[s][0]]
+    all_labels = np.concatenate([pools[s][1] for s in order])
+    offsets = np.cumsum([0] + [len(pools[s][0]) for s in order])
+    idx = {s: np.arange(offsets[i], offsets[i + 1]) for i, s in enumerate(order)}
+
+    if protocol == "seed001-test":  # imagenet100: split test.txt into query + validation
+        n = merge_counts({"query": 2500, "validation": 2500}, counts, name, "seed001")
+        q, v = carve(idx["query"], n["validation"], seed, name, "test.txt")
+        if len(q) < n["query"]:
+            raise DatasetError(
+                f"{name}: test.txt has {len(idx['query'])} usable lines, the protocol needs "
+                f"{n['query'] + n['validation']} ({n['query']} query, {n['validation']} validation)"
+            )
+        idx["query"], idx["validation"] = q[: n["query"]], v
+    elif "validation" not in idx:
+        default_val = 2100 if protocol == "seed001" else round(0.1 * len(idx["train"]))
+        n = merge_counts({"validation": default_val}, counts, name, protocol)
+        idx["train"], idx["validation"] = carve(idx["train"], n["validation"], seed, name)
+    idx["database"] = shuffled(idx["database"], seed)
+
+    if multi_label is None:
+        multi_label = bool((all_labels.sum(1) > 1).any())
+    return from_files(
+        all_paths, torch.from_numpy(all_labels.astype(np.float32)), idx, image_size=image_size,
+        augment=augment, name=name, num_classes=c, multi_label=multi_label, default_k=default_k,
+        info={"protocol": protocol.replace("-test", ""), "seed": seed, "source": str(list_dir),
+              "skipped": problems.count - before},
+    )
+
+
+@DATASETS.register("list", help="any list-file dataset (train.txt / test.txt / database.txt)")
+def load_list(
+    root: str | None, *, protocol: str | None = None, seed: int = 0, image_size: int = 32,
+    lists: str | None = None, num_classes: int | None = None, k: int = 0, **kw: object,
+) -> DatasetSplits:
+    """A list-file dataset; C from ``num_classes`` or the first line; ``k`` its mAP cut-off."""
+    if protocol not in (None, "lists"):
+        raise DatasetError(f"dataset 'list' has one protocol, 'lists'; got {protocol!r}")
+    return load_list_splits("list", root, lists=lists, seed=seed, image_size=image_size,
+                            num_classes=num_classes, default_k=k, **kw)  # type: ignore[arg-type]
+
+
+@DATASETS.register("nuswide21", help="NUS-WIDE, 21 concepts, list files; k = 5000; "
+                   "protocols seed001 (default), lists")
+def load_nuswide21(
+    root: str | None, *, protocol: str | None = None, seed: int = 0, image_size: int = 32,
+    lists: str | None = None, **kw: object,
+) -> DatasetSplits:
+    """NUS-WIDE-21 (Chua et al., 2009) from the literature's list files (21 labels, k 5000)."""
+    protocol = protocol or "seed001"
+    if protocol not in ("seed001", "lists"):
+        raise DatasetError(f"nuswide21 protocols: 'seed001', 'lists'; got {protocol!r}")
+    return load_list_splits("nuswide21", root, lists=lists, protocol=protocol, seed=seed,
+                            image_size=image_size, num_classes=21, default_k=5000,
+                            multi_label=True, **kw)  # type: ignore[arg-type]
+
+
+@DATASETS.register("imagenet100", help="ImageNet-100, list files; k = 1000; "
+                   "protocols seed001 (default), lists")
+def load_imagenet100(
+    root: str | None, *, protocol: str | None = None, seed: int = 0, image_size: int = 224,
+    lists: str | None = None, **kw: object,
+) -> DatasetSplits:
+    """ImageNet-100 (Cao et al., 2017's 100 classes) from list files (100 classes, k 1000)."""
+    protocol = protocol or "seed001"
+    if protocol not in ("seed001", "lists"):
+        raise DatasetError(f"imagenet100 protocols: 'seed001', 'lists'; got {protocol!r}")
+    return load_list_splits("imagenet100", root, lists=lists,
+                            protocol="seed001-test" if protocol == "seed001" else "lists",
+                            seed=seed, image_size=image_size, num_classes=100, default_k=1000,
+                            multi_label=False, **kw)  # type: ignore[arg-type]
