@@ -101,5 +101,47 @@ def pretrain(
          lr_head=lr_head, seed=seed, device=device, out=out)
 
 
+@data_app.command("check")
+def data_check(
+    name: str = typer.Argument(..., help="Dataset name: cifar10, nuswide21, coco, list..."),
+    root: str | None = typer.Option(None, help="Folder holding the dataset on disk."),
+    lists: str | None = typer.Option(None, help="Folder of list files (default: --root)."),
+    protocol: str | None = ProtocolOpt,
+    seed: int = typer.Option(0, help="Seed of the split."),
+    counts: str | None = typer.Option(
+        None, help="Protocol size overrides, e.g. 'query=5,validation=5,train=10'."),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad", help="Exit 0 when only skippable items (bad lines/images) fail."),
+    max_problems: int = typer.Option(20, help="How many problems to list."),
+) -> None:
+    """Validate a dataset on disk: parse every list line, open and decode every image,
+    build the protocol's splits and report their sizes and the first problems."""
+    from .datasets import check
+    from .ui import console, print_table
+
+    kw: dict = {"lists": lists} if lists else {}
+    try:
+        if counts:
+            kw["counts"] = {k.strip(): int(v) for k, v in
+                            (item.split("=") for item in counts.split(","))}
+        report = check(name, root, protocol=protocol, seed=seed, max_problems=max_problems,
+                       **kw)
+    except (KeyError, ValueError) as e:
+        _fail(str(e).strip("'\""))
+    if report.sizes is not None:
+        print_table(f"{name}: {report.info.get('protocol', '')} (C = {report.num_classes})",
+                    ["split", "items"], list(report.sizes.items()))
+    for p in report.problems:
+        console.print(f"[yellow]problem:[/] {p}", highlight=False)
+    if report.n_problems > len(report.problems):
+        console.print(f"... and {report.n_problems - len(report.problems)} more problems")
+    if report.fatal:
+        _fail(report.fatal)
+    verdict = "ok" if report.ok else f"{report.n_problems} bad item(s)"
+    console.print(f"{name}: {verdict}" + (", skipped" if skip_bad and not report.ok else ""))
+    if not report.usable(skip_bad):
+        raise typer.Exit(1)
+
+
 def main() -> None:  # pragma: no cover
     app()
