@@ -1,0 +1,40 @@
+"""FGSM (Goodfellow et al., "Explaining and harnessing adversarial examples", 2015), L∞."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..progress import Progress
+from .base import ATTACKS, Attack, class_indices
+
+
+@ATTACKS.register("fgsm", help="FGSM (Goodfellow et al. 2015): one signed-gradient step")
+class FGSM(Attack):
+    """x' = clip_[0,1](x + ε·sign(∇_x CE(f(x), y))), SPEC §8.
+
+    Args:
+        model: images ``(N, 3, H, W)`` in [0, 1] -> logits ``(N, C)``.
+        eps: L∞ budget (pixels in [0, 1]).
+        grad: ``"exact"`` or ``"model"`` gradient source (SPEC §2).
+        seed: unused (deterministic), kept for a uniform interface.
+
+    Call as ``attack(images, labels)`` with ``(N, C)`` one-hot/multi-hot labels (the argmax is
+    the class) or ``(N,)`` class ids. Cost: one forward + one backward.
+    """
+
+    name = "fgsm"
+
+    def __init__(self, model: nn.Module, eps: float, *, grad: str = "exact", seed: int = 0):
+        super().__init__(model, eps, grad=grad, seed=seed)
+
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator,
+        progress: Progress,
+    ) -> torch.Tensor:
+        if labels is None:
+            raise ValueError("FGSM needs labels")
+        y = class_indices(labels)
+        _, g = self.input_grad(images, lambda out, _x: F.cross_entropy(out, y))
+        return self.project(images + self.eps * g.sign(), images)
