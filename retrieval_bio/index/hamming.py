@@ -141,8 +141,7 @@ class HammingIndex:
 
     def _packed_database(self) -> np.ndarray:
         """Packed codes of a flat index ``(ntotal, bits/8)``, read back from FAISS."""
-        flat = faiss.downcast_IndexBinary(self._cpu)
-        return faiss.vector_to_array(flat.xb).reshape(self.ntotal, self.bits // 8)
+        return faiss.vector_to_array(self._cpu.xb).reshape(self.ntotal, self.bits // 8)
 
     # ------------------------------------------------------------------ searching
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -181,7 +180,9 @@ class HammingIndex:
             d, i = self._gpu_index().search(q, k)
             return sort_rows(d, i)
         d, i = self._cpu.search(q, k)  # CPU flat already returns (distance, id) order
-        return d.astype(np.int32, copy=False), i.astype(np.int64, copy=False)
+        d = d.astype(np.int32, copy=True)
+        d[i < 0] = -1  # FAISS pads with INT_MAX
+        return d, i.astype(np.int64, copy=False)
 
     def _search_sharded(self, q: np.ndarray, k: int, shard_size: int):
         if self._shards is None:
@@ -286,7 +287,6 @@ class HammingIndex:
         if loaded.d != index.bits:
             raise ValueError(f"{path} holds {loaded.d}-bit codes but its sidecar says "
                              f"{index.bits}")
-        loaded = faiss.downcast_IndexBinary(loaded)
         _apply_search_options(loaded, index.options)
         index._cpu = loaded
         return index
