@@ -132,7 +132,7 @@ def data_check(
         print_table(f"{name}: {report.info.get('protocol', '')} (C = {report.num_classes})",
                     ["split", "items"], list(report.sizes.items()))
     for p in report.problems:
-        console.print(f"[yellow]problem:[/] {p}", highlight=False)
+        console.print(f"[yellow]problem:[/] {p}", highlight=False, soft_wrap=True)
     if report.n_problems > len(report.problems):
         console.print(f"... and {report.n_problems - len(report.problems)} more problems")
     if report.fatal:
