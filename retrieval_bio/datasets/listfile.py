@@ -10,7 +10,7 @@ Protocols:
 
 * ``lists``: train.txt -> train, test.txt -> query, database.txt -> database; validation =
   val.txt if present, else a seeded carve-out of ``counts["validation"]`` train lines
-  (default 10 % of train.txt), removed from train.
+  (default 10 % of train.txt, at least 1), removed from train.
 * ``seed001`` for ``nuswide21``: seed 001's 2,100 validation images carved (seeded) from
   train.txt (the literature's 10,500 train lines leave 8,400 for training).
 * ``seed001`` for ``imagenet100``: seed 001's 5,000 test images split evenly, seeded, into
@@ -165,7 +165,10 @@ def load_list_splits(
             )
         idx["query"], idx["validation"] = q[: n["query"]], v
     elif "validation" not in idx:
-        default_val = 2100 if protocol == "seed001" else round(0.1 * len(idx["train"]))
+        n_train = len(idx["train"])
+        # 10 % of train, at least 1 item while at least 1 is left for training.
+        tenth = max(0, min(n_train - 1, max(1, round(0.1 * n_train))))
+        default_val = 2100 if protocol == "seed001" else tenth
         n = merge_counts({"validation": default_val}, counts, name, protocol)
         idx["train"], idx["validation"] = carve(idx["train"], n["validation"], seed, name)
     idx["database"] = shuffled(idx["database"], seed)
