@@ -101,6 +101,42 @@ def pretrain(
          lr_head=lr_head, seed=seed, device=device, out=out)
 
 
+@app.command()
+def finetune(
+    config: Path | None = ConfigOpt,
+    rule: str | None = typer.Option(None, help="Learning rule: bp | fa | usf | frsf | brsf."),
+    scale: str | None = typer.Option(
+        None, help="Feedback scale: norm (default, |B|=|W| per layer) | none | init."),
+    task: str | None = typer.Option(None, help="classify | hash (HyP² hash head)."),
+    bits: int | None = typer.Option(None, help="Code length K in bits (hash task)."),
+    init: str | None = typer.Option(
+        None, help="Start from this pretrain run folder or weights file."),
+    backbone: str | None = BackboneOpt,
+    weights: str | None = WeightsOpt,
+    dataset: str | None = DatasetOpt,
+    root: str | None = RootOpt,
+    protocol: str | None = ProtocolOpt,
+    image_size: int | None = SizeOpt,
+    k: int | None = typer.Option(None, help="mAP@k cut-off (<= 0: whole database)."),
+    epochs: int | None = EpochsOpt,
+    batch_size: int | None = BatchOpt,
+    lr_backbone: float | None = LrBOpt,
+    lr_head: float | None = LrHOpt,
+    seed: int | None = SeedOpt,
+    device: str | None = DeviceOpt,
+    out: str | None = OutOpt,
+    resume: bool = ResumeOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Fine-tune every parameter with a learning rule behind a new task layer (SPEC §3
+    defaults: Adam, lr 1e-5 backbone / 1e-4 head, weight decay 5e-4, 20 epochs, batch 32).
+    Hashing runs select the epoch by validation mAP and write codes.npz."""
+    _run("finetune", config, resume, verbose, rule=rule, scale=scale, task=task, bits=bits,
+         init=init, backbone=backbone, weights=weights, dataset=dataset, root=root,
+         protocol=protocol, image_size=image_size, k=k, epochs=epochs, batch_size=batch_size,
+         lr_backbone=lr_backbone, lr_head=lr_head, seed=seed, device=device, out=out)
+
+
 @data_app.command("check")
 def data_check(
     name: str = typer.Argument(..., help="Dataset name: cifar10, nuswide21, coco, list..."),
@@ -141,6 +177,30 @@ def data_check(
     console.print(f"{name}: {verdict}" + (", skipped" if skip_bad and not report.ok else ""))
     if not report.usable(skip_bad):
         raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="Run folder written by 'finetune'."),
+    k: int | None = typer.Option(None, help="mAP@k cut-off (<= 0: whole database); "
+                                 "default: the run's own."),
+    radius: int = typer.Option(2, help="Hamming radius of the precision-within-radius metric."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | mps (classification runs)."),
+) -> None:
+    """Evaluate a run: mAP@k (index and expected ties), precision/recall@k, P@H<=2 and the
+    PR curve for hashing runs; test accuracy for classification runs. Merged into
+    metrics.json."""
+    from .runs import RunFolderError
+    from .train import evaluate_run
+    from .ui import RichProgress, console, print_table
+
+    try:
+        report = evaluate_run(run, k=k, radius=radius, device=device, progress=RichProgress())
+    except (FileNotFoundError, RunFolderError, ConfigError) as e:
+        _fail(str(e))
+    rows = [(key, v) for key, v in report.items() if not isinstance(v, (dict, list))]
+    print_table(f"evaluate: {run}", ["metric", "value"], rows)
+    console.print(f"written to [bold]{run / 'metrics.json'}[/]")
 
 
 def main() -> None:  # pragma: no cover

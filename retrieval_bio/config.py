@@ -62,7 +62,7 @@ class RunConfig:
     device: str = "auto"
     amp: bool = True
     out: str = "runs/latest"
-    extra: dict[str, Any] = field(default_factory=dict)
+    dataset_options: dict[str, Any] = field(default_factory=dict)  # loader kwargs: lists=, ...
 
     def __post_init__(self) -> None:
         self.validate()

@@ -10,7 +10,7 @@ from retrieval_bio.config import ConfigError, RunConfig, build_config
 
 def test_round_trip(tmp_path):
     cfg = RunConfig(backbone="vgg16", rule="frsf", bits=64, betas=(0.8, 0.99), epochs=3,
-                    lr_backbone=2e-5, extra={"lists": "x"})
+                    lr_backbone=2e-5, dataset_options={"lists": "x"})
     path = tmp_path / "c.yaml"
     cfg.save(path)
     back = RunConfig.load(path)

@@ -52,7 +52,7 @@ class RunResult:
 
 def load_splits(cfg: RunConfig) -> DatasetSplits:
     return datasets.load(cfg.dataset, cfg.root, protocol=cfg.protocol, seed=cfg.seed,
-                         image_size=cfg.image_size, augment=cfg.augment, **cfg.extra)
+                         image_size=cfg.image_size, augment=cfg.augment, **cfg.dataset_options)
 
 
 def build_model(cfg: RunConfig, splits: DatasetSplits) -> TaskModel:
@@ -89,7 +89,7 @@ def load_init(model: TaskModel, init: str | Path) -> None:
 
 
 def _is_feedback_buffer(key: str) -> bool:
-    return key.rsplit(".", 1)[-1] in rules.FEEDBACK_BUFFERS
+    return key.rsplit(".", 1)[-1] in ("R", "M", "M_state")  # see retrieval_bio.rules
 
 
 def build_objective(cfg: RunConfig, splits: DatasetSplits) -> nn.Module:
@@ -175,7 +175,8 @@ def train_run(
         epochs=cfg.epochs, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
         betas=cfg.betas, seed=cfg.seed, device=device, amp=cfg.amp,
         num_workers=cfg.num_workers, run_dir=run_dir, validate=validate, select_metric=select,
-        step_hooks=rules.step_hooks(model), epoch_hooks=epoch_hooks, progress=progress,
+        step_hooks=[lambda m, _opt: rules.on_optimizer_step(m)], epoch_hooks=epoch_hooks,
+        progress=progress,
     )
     state = trainer.fit(resume=resume)
     metrics = {"stage": cfg.stage, "task": cfg.task, "rule": cfg.rule,
@@ -238,3 +239,62 @@ def _diagnostics_hook(splits: DatasetSplits, objective: nn.Module, device: torch
         }}
 
     return hook
+
+
+def load_run(
+    run_dir: str | Path, *, device: torch.device | str = "cpu", load_data: bool = True
+) -> tuple[RunConfig, TaskModel, DatasetSplits | None]:
+    """The config, trained model (selected epoch, rule conversion included) and dataset
+    splits of a finished run folder. The model is returned in eval mode on ``device``."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / CONFIG
+    if not cfg_path.is_file():
+        raise RunFolderError(f"{run_dir} is not a run folder: {cfg_path} does not exist")
+    cfg = RunConfig.load(cfg_path)
+    splits = load_splits(cfg) if load_data else None
+    num_classes = splits.num_classes if splits is not None else None
+    state = load_checkpoint(resolve_weights(run_dir))["model"]
+    if num_classes is None:
+        num_classes = state["head.weight"].shape[0]
+    model = create_model(cfg.backbone, cfg.task, num_classes=num_classes, bits=cfg.bits)
+    model = rules.convert(model, cfg.rule, scale=cfg.scale, seed=cfg.seed)
+    model.load_state_dict(state)
+    return cfg, model.to(device).eval(), splits
+
+
+def evaluate_run(
+    run_dir: str | Path, *, k: int | None = None, radius: int = 2,
+    device: torch.device | str = "auto", progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Re-evaluate a finished run and merge the result into its ``metrics.json``.
+
+    Hashing runs: every SPEC §5 metric from ``codes.npz`` (``k`` defaults to the run's own),
+    the PR curve also plotted to ``pr_curve.png``. Classification runs: test accuracy of the
+    selected model on the query split.
+    """
+    from ..eval.report import CODES, load_codes, retrieval_report
+    from ..runs import read_json
+
+    run_dir = Path(run_dir)
+    cfg = RunConfig.load(run_dir / CONFIG)
+    if cfg.task == "hash":
+        if k is None:
+            k = read_json(run_dir / "metrics.json").get("k", cfg.k if cfg.k is not None else 0)
+        report = retrieval_report(load_codes(run_dir / CODES), k, radius)
+        _plot_pr(run_dir / "pr_curve.png", report["pr_curve"], cfg)
+    else:
+        dev = resolve_device(device)
+        cfg, model, splits = load_run(run_dir, device=dev)
+        logits, labels, _ = encode(model, splits.query, batch_size=max(cfg.batch_size, 128),
+                                   device=dev, progress=progress, description="test")
+        report = {"test_accuracy": accuracy(logits, labels)}
+    update_metrics(run_dir, **report)
+    return report
+
+
+def _plot_pr(path: Path, curve: dict[str, list[float]], cfg: RunConfig) -> None:
+    from ..eval.plots import line_plot
+
+    line_plot(path, {f"{cfg.rule} ({cfg.bits} bits)": (curve["recall"], curve["precision"])},
+              xlabel="recall", ylabel="precision",
+              title=f"Precision-recall over Hamming radii: {cfg.backbone} on {cfg.dataset}")
