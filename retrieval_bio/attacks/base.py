@@ -172,16 +172,18 @@ def class_indices(labels: torch.Tensor) -> torch.Tensor:
 
 
 def resolve_preset(
-    presets: dict[str, dict[str, Any]], preset: str | None, **given: Any
+    presets: dict[str, dict[str, Any]], preset: str | None, default: str = "paper",
+    **given: Any,
 ) -> dict[str, Any]:
-    """Fill the arguments left as ``None`` from ``presets[preset]``; explicit values win."""
+    """Fill the arguments left as ``None`` from ``presets[preset]`` (``presets[default]`` when
+    ``preset`` is None); explicit values always win."""
     values = dict(given)
-    if preset is not None:
-        if preset not in presets:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(presets)}")
-        for k, v in presets[preset].items():
-            if values.get(k) is None:
-                values[k] = v
+    name = default if preset is None else preset
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
+    for k, v in presets[name].items():
+        if values.get(k) is None:
+            values[k] = v
     missing = [k for k, v in values.items() if v is None]
     if missing:
         raise ValueError(f"give {', '.join(missing)} or a preset ({sorted(presets)})")

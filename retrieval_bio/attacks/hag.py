@@ -67,7 +67,8 @@ class HAG(Attack):
     Args:
         model: images ``(N, 3, H, W)`` in [0, 1] -> pre-binarisation output f ``(N, K)``.
         eps: L∞ budget (pixels in [0, 1]); ``None`` takes it from ``preset``.
-        steps: iterations; ``None`` takes it from ``preset``.
+        steps: iterations; ``None`` takes it from ``preset`` (5, the ``paper`` preset, when
+            no preset is named).
         grad: ``"exact"`` or ``"model"`` gradient source (SPEC §2).
         preset: ``"paper"`` (5 steps, seed 001) or ``"reference"`` (ε = 8/255, 2,000 steps,
             SAAT); explicit ``eps``/``steps`` override it.
