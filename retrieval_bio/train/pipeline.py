@@ -22,6 +22,7 @@ from .. import datasets, rules
 from ..config import RunConfig
 from ..datasets import DatasetSplits
 from ..eval.encode import accuracy, encode
+from ..index import HammingIndex
 from ..losses import LOSSES
 from ..models import TaskModel, create_model
 from ..progress import Progress
@@ -37,6 +38,8 @@ from .devices import resolve_device, seed_everything
 from .trainer import Trainer
 
 log = logging.getLogger(__name__)
+
+INDEX = "database.index"
 
 
 @dataclass
@@ -191,7 +194,8 @@ def evaluate_test(
     run_dir: Path, progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Test metrics of the selected model: accuracy on the query split (classify), or
-    codes of query and database written to ``codes.npz`` and mAP@k (hash)."""
+    codes of query and database written to ``codes.npz``, the database codes indexed in a
+    FAISS flat binary index (``database.index``) and mAP@k (hash)."""
     bs = max(cfg.batch_size, 128)
     if cfg.task == "classify":
         logits, labels, _ = encode(model, splits.query, batch_size=bs, device=device,
@@ -204,6 +208,7 @@ def evaluate_test(
     d, dl, di = encode(model, splits.database, batch_size=bs, device=device,
                        progress=progress, description="encoding database")
     save_codes(run_dir / "codes.npz", _sign(q), ql, qi, _sign(d), dl, di)
+    HammingIndex(cfg.bits).add(_sign(d)).save(run_dir / INDEX)
     k = retrieval_k(cfg, splits)
     return {"map@k": float(map_at_k(_sign(q), _sign(d), ql, dl, k)), "k": k}
 
