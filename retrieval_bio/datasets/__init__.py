@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 # Importing a loader module registers its datasets.
-from . import cifar, coco, digits, idx, listfile  # noqa: F401
+from . import cifar, coco, digits, idx, imagenet, listfile  # noqa: F401
 from .base import SPLIT_NAMES, DatasetSplits, TensorSplit
 from .check import CheckReport, check
 from .errors import DatasetError, Problem, ProblemLog

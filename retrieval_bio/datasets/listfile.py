@@ -210,8 +210,8 @@ def load_nuswide21(
                             multi_label=True, **kw)  # type: ignore[arg-type]
 
 
-@DATASETS.register("imagenet100", help="ImageNet-100, list files; k = 1000; "
-                   "protocols seed001 (default), lists")
+# Registered as "imagenet100" by imagenet.py, which dispatches between these list files and
+# the ImageNet folder tree.
 def load_imagenet100(
     root: str | None, *, protocol: str | None = None, seed: int = 0, image_size: int = 224,
     lists: str | None = None, **kw: object,
