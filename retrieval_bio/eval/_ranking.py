@@ -12,6 +12,7 @@ fell short are redone with their exact threshold from a full histogram.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,19 @@ import numpy as np
 
 from ..index.codes import check_pm1, to_numpy
 
-BLOCK = 16  # queries per block: keeps the (block, N) distance array within the L2/L3 cache
+
+def threads() -> int:
+    """Threads used for ranking: ``RETRIEVAL_BIO_THREADS`` if set, else the usable CPUs."""
+    env = os.environ.get("RETRIEVAL_BIO_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+BLOCK = 8  # queries per block: keeps the (block, N) work arrays within the CPU caches
 _SAMPLE = 1024  # database codes used to guess each query's threshold
 
 
@@ -64,26 +77,43 @@ def label_words(labels: Any, name: str) -> np.ndarray:
     return np.ascontiguousarray(packed).view(np.uint64).reshape(n, -1)
 
 
-def distances_block(q_words: np.ndarray, db_words: np.ndarray, bits: int) -> np.ndarray:
-    """Hamming distances ``(b, N)`` between word-packed codes: uint8, or uint16 if K > 255."""
-    out = None
+def distances_block(
+    q_words: np.ndarray, db_words: np.ndarray, bits: int, out: np.ndarray | None = None,
+    scratch: np.ndarray | None = None,
+) -> np.ndarray:
+    """Hamming distances ``(b, N)`` between word-packed codes: uint8, or uint16 if K > 255.
+
+    ``out`` (distance dtype) and ``scratch`` (word dtype), both at least ``(b, N)``, are
+    reused buffers: fresh multi-megabyte arrays per block cost page faults.
+    """
+    b, n = len(q_words), len(db_words)
+    dtype = np.uint8 if bits <= 255 else np.uint16
+    out = np.empty((b, n), dtype) if out is None else out[:b]
+    scratch = np.empty((b, n), db_words.dtype) if scratch is None else scratch[:b]
     for w in range(q_words.shape[1]):
-        part = np.bitwise_count(np.bitwise_xor(q_words[:, w, None], db_words[None, :, w]))
-        out = part if out is None else out + part.astype(out.dtype)
-        if out.dtype == np.uint8 and bits > 255:
-            out = out.astype(np.uint16)
-    assert out is not None
+        np.bitwise_xor(q_words[:, w, None], db_words[None, :, w], out=scratch)
+        if w == 0:
+            np.bitwise_count(scratch, out=out, casting="unsafe")
+        else:
+            out += np.bitwise_count(scratch).astype(dtype)
     return out
 
 
-def relevance(q_labels: np.ndarray, db_labels: np.ndarray, cols: np.ndarray) -> np.ndarray:
+def relevance(
+    q_labels: np.ndarray, db_labels: np.ndarray, cols: np.ndarray | None = None
+) -> np.ndarray:
     """Boolean ``(b, m)``: does query row j share a label with database item ``cols[j, i]``.
 
-    ``q_labels`` ``(b, W)``, ``db_labels`` ``(N, W)`` label words; ``cols`` ``(b, m)``.
+    ``q_labels`` ``(b, W)``, ``db_labels`` ``(W, N)`` label words *transposed* (each word a
+    contiguous row, which makes the gather cheap); ``cols`` ``(b, m)``, or None for every
+    database item (m = N).
     """
-    rel = np.zeros(cols.shape, bool)
+    rel = None
     for w in range(q_labels.shape[1]):
-        rel |= (db_labels[cols, w] & q_labels[:, w, None]) != 0
+        words = db_labels[w][None, :] if cols is None else db_labels[w][cols]
+        hit = np.bitwise_and(words, q_labels[:, w, None]) != 0
+        rel = hit if rel is None else rel | hit
+    assert rel is not None
     return rel
 
 
@@ -92,15 +122,20 @@ class Candidates:
     """The codes with distance <= a per-query threshold, for a block of b queries.
 
     ``flat``: positions in the flattened ``(b, N)`` block, row-major, so each row's candidates
-    are in ascending database index; ``row``/``col``: the same split; ``dist``: their
-    distances; ``count``: candidates per row, each >= k.
+    are in ascending database index; ``row``: their block row; ``dist``: their distances;
+    ``count``: candidates per row, each >= k; ``n``: database size.
     """
 
     flat: np.ndarray
     row: np.ndarray
-    col: np.ndarray
     dist: np.ndarray
     count: np.ndarray
+    n: int
+
+    @property
+    def col(self) -> np.ndarray:
+        """Database index of each candidate."""
+        return self.flat - self.row.astype(np.int64) * self.n
 
 
 def candidates(dist: np.ndarray, k: int, sample: np.ndarray, bits: int) -> Candidates:
@@ -118,18 +153,22 @@ def candidates(dist: np.ndarray, k: int, sample: np.ndarray, bits: int) -> Candi
         # A margin above the expected count makes the guess rarely short.
         target = min(s, k / n * s * 1.05 + 4)
         thresh = np.argmax(hist >= target, axis=1).astype(dist.dtype)
-    flat = np.flatnonzero(dist <= thresh[:, None])
-    row = flat // n
-    count = np.bincount(row, minlength=b)
+    flat, count = _within(dist, thresh)
     short = np.flatnonzero(count < k)
     if short.size:  # exact thresholds for the rows the guess missed, then redo the block
         exact = np.argmax(_row_hist(dist[short], bits).cumsum(axis=1) >= k, axis=1)
         thresh[short] = exact.astype(dist.dtype)
-        flat = np.flatnonzero(dist <= thresh[:, None])
-        row = flat // n
-        count = np.bincount(row, minlength=b)
-    col = flat - row * n
-    return Candidates(flat, row, col, dist.ravel()[flat], count)
+        flat, count = _within(dist, thresh)
+    row = np.repeat(np.arange(b, dtype=np.uint16 if b < 2**16 else np.int64), count)
+    return Candidates(flat, row, dist.ravel()[flat], count, n)
+
+
+def _within(dist: np.ndarray, thresh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat positions of ``dist <= thresh`` (row-wise thresholds) and the count per row."""
+    b, n = dist.shape
+    flat = np.flatnonzero(dist <= thresh[:, None])
+    ends = np.searchsorted(flat, np.arange(1, b + 1, dtype=np.int64) * n)
+    return flat, np.diff(ends, prepend=0)
 
 
 def _row_hist(dist: np.ndarray, bits: int) -> np.ndarray:
@@ -139,25 +178,37 @@ def _row_hist(dist: np.ndarray, bits: int) -> np.ndarray:
     return np.bincount((dist + offsets).ravel(), minlength=b * (bits + 1)).reshape(b, bits + 1)
 
 
-def top_k(c: Candidates, k: int, bits: int) -> np.ndarray:
-    """Database indices ``(b, k)`` of each row's k nearest, in (distance, index) order."""
+def top_k(c: Candidates, k: int) -> np.ndarray:
+    """Database indices ``(b, k)`` of each row's k nearest, in (distance, index) order.
+
+    Each row's candidates are already in index order, so a stable sort on the uint8 distance
+    alone (numpy: one radix pass) gives (distance, index) order.
+    """
     b = len(c.count)
-    key = c.row * (bits + 1) + c.dist
-    key = key.astype(np.uint16 if b * (bits + 1) < 2**16 else np.uint32)
-    order = np.argsort(key, kind="stable")  # radix sort for 16-bit keys
-    starts = np.concatenate(([0], np.cumsum(c.count)[:-1]))
-    chosen = order[starts[:, None] + np.arange(k)]
-    return c.col[chosen]
+    ends = np.cumsum(c.count)
+    out = np.empty((b, k), np.int64)
+    for r in range(b):
+        lo, hi = ends[r] - c.count[r], ends[r]
+        order = np.argsort(c.dist[lo:hi], kind="stable")[:k]
+        np.subtract(c.flat[lo + order], r * c.n, out=out[r])
+    return out
 
 
 def iter_blocks(
     q_words: np.ndarray, db_words: np.ndarray, bits: int, block: int = BLOCK
 ) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
-    """Yield ``(query slice, distances (b, N), sample distances (b, S))`` block by block."""
+    """Yield ``(query slice, distances (b, N), sample distances (b, S))`` block by block.
+
+    The distance array is a reused buffer, overwritten by the next block.
+    """
     n = len(db_words)
     step = max(1, n // _SAMPLE)
     sample_words = db_words[::step]
+    dtype = np.uint8 if bits <= 255 else np.uint16
+    out = np.empty((min(block, len(q_words)), n), dtype)
+    scratch = np.empty((min(block, len(q_words)), n), db_words.dtype)
     for start in range(0, len(q_words), block):
         sl = slice(start, min(start + block, len(q_words)))
         qb = q_words[sl]
-        yield sl, distances_block(qb, db_words, bits), distances_block(qb, sample_words, bits)
+        dist = distances_block(qb, db_words, bits, out, scratch)
+        yield sl, dist, distances_block(qb, sample_words, bits)

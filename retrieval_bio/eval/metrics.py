@@ -20,6 +20,7 @@ Every query stays in every mean: a query with no relevant item where the metric 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,12 +28,14 @@ import numpy as np
 
 from . import _expected
 from ._ranking import (
+    BLOCK,
     candidates,
     code_words,
     distances_block,
     iter_blocks,
     label_words,
     relevance,
+    threads,
     top_k,
 )
 
@@ -45,7 +48,7 @@ class _Inputs:
     db: np.ndarray
     bits: int
     ql: np.ndarray
-    dl: np.ndarray
+    dl: np.ndarray  # label words transposed, (W, N)
 
 
 def _prepare(query_codes, db_codes, query_labels, db_labels) -> _Inputs:
@@ -65,7 +68,7 @@ def _prepare(query_codes, db_codes, query_labels, db_labels) -> _Inputs:
         dl = np.pad(dl, ((0, 0), (0, w - dl.shape[1])))
     if len(db) == 0:
         raise ValueError("db_codes is empty")
-    return _Inputs(q, db, bits, ql, dl)
+    return _Inputs(q, db, bits, ql, np.ascontiguousarray(dl.T))
 
 
 def _effective_k(k: int, n: int) -> int:
@@ -84,28 +87,53 @@ def _reduce(values: np.ndarray, per_query: bool) -> float | np.ndarray:
 
 
 def _topk_stats(x: _Inputs, k: int, ties: str, want_ap: bool):
-    """Per query: AP@k (if ``want_ap``) and the (expected) number of relevant in the top k."""
+    """Per query: AP@k (if ``want_ap``) and the (expected) number of relevant in the top k.
+
+    Query chunks run on up to ``threads()`` threads: the heavy numpy calls release the GIL.
+    """
     n_q = len(x.q)
     ap = np.zeros(n_q)
     hits = np.zeros(n_q)
+    n_threads = max(1, min(threads(), n_q // BLOCK))
+    bounds = np.linspace(0, n_q, n_threads + 1).astype(int)
+    chunks = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    if n_threads == 1:
+        _topk_chunk(x, chunks[0], k, ties, want_ap, ap, hits)
+    else:
+        with ThreadPoolExecutor(n_threads) as pool:
+            jobs = [pool.submit(_topk_chunk, x, ch, k, ties, want_ap, ap, hits) for ch in chunks]
+            for job in jobs:
+                job.result()
+    return ap, hits
+
+
+def _topk_chunk(x: _Inputs, chunk: slice, k: int, ties: str, want_ap: bool,
+                ap: np.ndarray, hits: np.ndarray) -> None:
+    """Fill ``ap[chunk]`` and ``hits[chunk]`` block by block."""
     inv_rank = 1.0 / np.arange(1, k + 1)
     h = _expected.harmonic(k) if ties == "expected" else None
-    for sl, dist, sample in iter_blocks(x.q, x.db, x.bits):
+    for blk, dist, sample in iter_blocks(x.q[chunk], x.db, x.bits):
+        sl = slice(chunk.start + blk.start, chunk.start + blk.stop)
         c = candidates(dist, k, sample, x.bits)
         if ties == "index":
-            cols = top_k(c, k, x.bits)
-            rel = relevance(x.ql[sl], x.dl, cols).astype(np.float64)
-            cum = np.cumsum(rel, axis=1)
-            hits[sl] = cum[:, -1]
+            cols = top_k(c, k)
+            rel = relevance(x.ql[sl], x.dl, cols)
+            # AP numerator: the j-th relevant item at rank p adds j / p.
+            flat = np.flatnonzero(rel)
+            rows = flat // k
+            ranks = flat - rows * k
+            count = np.bincount(rows, minlength=len(cols))
+            hits[sl] = count
             if want_ap:
-                num = (cum * rel) @ inv_rank
-                ap[sl] = np.where(hits[sl] > 0, num / np.maximum(hits[sl], 1), 0.0)
+                j = np.arange(1, len(rows) + 1) - np.repeat(np.cumsum(count) - count, count)
+                num = np.bincount(rows, weights=j * inv_rank[ranks], minlength=len(cols))
+                ap[sl] = np.where(count > 0, num / np.maximum(count, 1), 0.0)
             continue
         # ties="expected": group sizes and relevant counts per distance from the candidates,
         # which hold every group up to the one straddling rank k.
         b = len(c.count)
         rel = relevance(x.ql[sl][c.row], x.dl, c.col[:, None])[:, 0]
-        key = c.row * (x.bits + 1) + c.dist
+        key = c.row.astype(np.int64) * (x.bits + 1) + c.dist
         size = np.bincount(key, minlength=b * (x.bits + 1)).reshape(b, -1)
         nrel = np.bincount(key, weights=rel, minlength=b * (x.bits + 1)).reshape(b, -1)
         nrel = nrel.astype(np.int64)
@@ -113,7 +141,6 @@ def _topk_stats(x: _Inputs, k: int, ties: str, want_ap: bool):
             hits[qi] = _expected.expected_hits(size[j], nrel[j], k)
             if want_ap:
                 ap[qi] = _expected.expected_ap(size[j], nrel[j], k, h)
-    return ap, hits
 
 
 def map_at_k(
@@ -182,11 +209,9 @@ def recall_at_k(
 
 def _total_relevant(x: _Inputs) -> np.ndarray:
     total = np.zeros(len(x.q))
-    all_cols = np.arange(len(x.db))
     for start in range(0, len(x.q), 64):
         sl = slice(start, min(start + 64, len(x.q)))
-        cols = np.broadcast_to(all_cols, (sl.stop - sl.start, len(x.db)))
-        total[sl] = relevance(x.ql[sl], x.dl, cols).sum(axis=1)
+        total[sl] = relevance(x.ql[sl], x.dl).sum(axis=1)
     return total
 
 
@@ -196,12 +221,11 @@ def _radius_counts(x: _Inputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n_q, kk = len(x.q), x.bits + 1
     within = np.zeros((n_q, kk), np.int64)
     rel_within = np.zeros((n_q, kk), np.int64)
-    all_cols = np.arange(len(x.db))
     for start in range(0, n_q, 64):
         sl = slice(start, min(start + 64, n_q))
         b = sl.stop - sl.start
         dist = distances_block(x.q[sl], x.db, x.bits)
-        rel = relevance(x.ql[sl], x.dl, np.broadcast_to(all_cols, dist.shape))
+        rel = relevance(x.ql[sl], x.dl)
         key = (dist + np.arange(b, dtype=np.int64)[:, None] * kk).ravel()
         within[sl] = np.bincount(key, minlength=b * kk).reshape(b, kk)
         rel_within[sl] = np.bincount(key, weights=rel.ravel(), minlength=b * kk).reshape(b, kk)

@@ -55,13 +55,19 @@ def test_map_index_ties_matches_stable_argsort_oracle(k):
     assert map_at_k(q, db, ql, dl, k) == pytest.approx(want.mean(), abs=1e-12)
 
 
-def test_map_more_bits_than_a_word_and_many_blocks():
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_map_more_bits_than_a_word_many_blocks_and_threads(monkeypatch, threads):
+    monkeypatch.setenv("RETRIEVAL_BIO_THREADS", threads)
     rng = np.random.default_rng(1)
-    q, db, ql, dl = random_case(rng, n_q=40, n_db=500, bits=72, classes=70, p_label=0.05)
+    q, db, ql, dl = random_case(rng, n_q=50, n_db=500, bits=72, classes=70, p_label=0.05)
     d, rel = oracle_dist(q, db), oracle_rel(ql, dl)
     for k in (20, 400):
         want = np.array([oracle_ap(d[i], rel[i], k) for i in range(len(q))])
         np.testing.assert_allclose(map_at_k(q, db, ql, dl, k, per_query=True), want, atol=1e-12)
+    got = map_at_k(q, db, ql, dl, 30, ties="expected", per_query=True)
+    monkeypatch.setenv("RETRIEVAL_BIO_THREADS", "1")
+    np.testing.assert_array_equal(got, map_at_k(q, db, ql, dl, 30, ties="expected",
+                                                per_query=True))
 
 
 def test_threshold_guess_short_rows_are_redone():

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval_bio.index import HammingIndex, pack_codes, split_ranges, unpack_codes
+from retrieval_bio.index import (
+    HammingIndex,
+    gpu_available,
+    pack_codes,
+    split_ranges,
+    unpack_codes,
+)
 from retrieval_bio.index._merge import merge_topk
 
 BITS = 16
@@ -153,3 +159,10 @@ def test_merge_topk_orders_by_distance_then_id():
     i_b = np.array([[4, 9]])
     d, i = merge_topk(d_a, i_a, d_b, i_b, 5)
     assert d.tolist() == [[1, 1, 2, 3, -1]] and i.tolist() == [[4, 7, 9, 2, -1]]
+
+
+@pytest.mark.skipif(gpu_available(), reason="checks the error raised without CUDA FAISS")
+def test_cuda_request_without_gpu_faiss_is_an_error():
+    with pytest.raises(RuntimeError, match="faiss-gpu"):
+        HammingIndex(BITS, device="cuda")
+    assert HammingIndex(BITS, device="auto").device == "cpu"
