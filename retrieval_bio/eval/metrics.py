@@ -16,6 +16,11 @@ arguments:
 * ``per_query``: return the ``(Q,)`` float64 per-query values instead of their mean.
 
 Every query stays in every mean: a query with no relevant item where the metric looks counts 0.
+
+Speed: ``map_at_k``/``precision_at_k``/``recall_at_k`` rank by XOR + popcount and a radix sort
+of the few candidates near each query (``_ranking``), not a full sort per query, and split the
+queries over the usable CPUs (set ``RETRIEVAL_BIO_THREADS`` to change that). Results do not
+depend on the thread count.
 """
 
 from __future__ import annotations

@@ -70,6 +70,15 @@ def test_map_more_bits_than_a_word_many_blocks_and_threads(monkeypatch, threads)
                                                 per_query=True))
 
 
+def test_codes_longer_than_255_bits_use_wider_distances():
+    rng = np.random.default_rng(10)
+    q, db, ql, dl = random_case(rng, n_q=5, n_db=80, bits=264)
+    d, rel = oracle_dist(q, db), oracle_rel(ql, dl)
+    np.testing.assert_array_equal(hamming_distances(q, db), d)
+    want = np.array([oracle_ap(d[i], rel[i], 30) for i in range(len(q))])
+    np.testing.assert_allclose(map_at_k(q, db, ql, dl, 30, per_query=True), want, atol=1e-12)
+
+
 def test_threshold_guess_short_rows_are_redone():
     # Even database positions (the subsample) sit on the query's code, odd ones are random:
     # the guessed threshold keeps too few codes for large k, and those rows must be redone.
