@@ -203,5 +203,92 @@ def evaluate(
     console.print(f"written to [bold]{run / 'metrics.json'}[/]")
 
 
+def _float_list(text: str | None, what: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        _fail(f"{what} must be comma-separated numbers, got {text!r}")
+        return None
+
+
+def _cell(v: object) -> object:
+    return "–" if v is None else v
+
+
+@app.command("attack")
+def attack_cmd(
+    name: str = typer.Argument(..., help="hag | sdha (hash runs) | fgsm | pgd | square "
+                               "(classify runs)."),
+    run: Path = typer.Argument(..., help="Run folder written by 'finetune'."),
+    eps: str | None = typer.Option(
+        None, help="Comma-separated L∞ budgets in [0, 1] pixels (default: hash "
+        "0.001,0.005,0.01,0.05,0.1,0.5; classify 0,0.001,0.005,0.01,0.05,0.1,0.5)."),
+    steps: int | None = typer.Option(
+        None, help="Attack iterations (HAG/SDHA default: the preset's, paper = 5; PGD 5); "
+        "Square: queries per image (default 1000)."),
+    grad: str = typer.Option("exact,model", help="Gradient sources: exact (through W) and/or "
+                             "model (the rule's feedback path). Square is gradient-free."),
+    preset: str | None = typer.Option(None, help="HAG/SDHA preset: paper | reference."),
+    max_queries: int | None = typer.Option(
+        None, "--max-queries", help="Attack a seeded subsample of this many queries."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Attack batch size."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | mps."),
+    seed: int = typer.Option(0, help="Seed of the attack and of the query subsample."),
+) -> None:
+    """Attack a run's model over an ε sweep with each gradient source: adversarial mAP@k
+    (hash: adversarial queries vs the clean database, with clean and theory levels) or
+    robust accuracy (classify). Writes attack-NAME.json and attack-NAME.png into the run."""
+    from .eval.robustness import attack_run, report_paths, report_rows
+    from .runs import RunFolderError
+    from .ui import RichProgress, console, print_table
+
+    grads = [g.strip() for g in grad.split(",") if g.strip()]
+    try:
+        report = attack_run(run, name, _float_list(eps, "--eps"), grads=grads, steps=steps,
+                            preset=preset, max_queries=max_queries, batch_size=batch_size,
+                            device=device, seed=seed, progress=RichProgress())
+    except (FileNotFoundError, RunFolderError, ConfigError, KeyError, ValueError,
+            RuntimeError) as e:
+        _fail(str(e).strip("'\""))
+    header, rows = report_rows(report)
+    k = f", k={report['k']}" if report.get("k") is not None else ""
+    budget = (f"{report['steps']} model queries/image" if name == "square"
+              else f"{report['steps']} step(s)")
+    print_table(f"{name} on {report['rule']} ({report['num_queries']} queries, {budget}{k})",
+                header,
+                [[_cell(v) for v in r] for r in rows])
+    for note in report["notes"]:
+        console.print(f"note: {note}", highlight=False)
+    for path in report_paths(run, name):
+        if path.is_file():
+            console.print(f"written: [bold]{path}[/]")
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run folders holding attack-*.json reports."),
+    out: Path = typer.Option(Path("compare"), "--out", "-o",
+                             help="Folder for compare.json and compare-ATTACK.png."),
+) -> None:
+    """Put several runs (e.g. BP vs frSF vs uSF) side by side under each attack they were
+    evaluated with: one table and one plot per attack (exact-gradient lines solid,
+    model-gradient lines dashed, one colour per run)."""
+    from .eval.compare import compare_rows, compare_runs
+    from .ui import console, print_table
+
+    try:
+        result = compare_runs(runs, out)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    for name, entry in result["attacks"].items():
+        header, rows = compare_rows(entry)
+        print_table(f"{name}: {entry['metric']}", header, [[_cell(v) for v in r] for r in rows])
+    for png in result["plots"].values():
+        console.print(f"written: [bold]{out / png}[/]")
+    console.print(f"written: [bold]{out / 'compare.json'}[/]")
+
+
 def main() -> None:  # pragma: no cover
     app()

@@ -1,0 +1,164 @@
+"""Matplotlib figures written to files (Agg backend: no display needed).
+
+:func:`line_plot` is the generic one (any "y vs x" curves, e.g. training histories or
+robustness sweeps); :func:`attack_plot` draws one attack report (mAP or accuracy vs ε, one
+line per gradient source, clean and theory levels dashed); :func:`compare_plot` draws several
+runs' reports of one attack (seed 001 §6.2: exact-gradient lines solid, model-gradient lines
+dashed, one colour per run).
+
+ε = 0 cannot sit on a log axis: when ``logx`` is set and some x is <= 0 the axis becomes
+``symlog`` with its linear range up to the smallest positive x, so 0 is drawn at the left
+edge and every positive ε keeps its log spacing.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: files only, never a window
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..runs import atomic_write_bytes  # noqa: E402
+
+Series = tuple[Sequence[float], Sequence[float]]
+
+_GRAD_STYLE = {"exact": "-", "model": "--", "none": "-"}
+_MARKERS = {"exact": "o", "model": "s", "none": "^"}
+
+
+def line_plot(
+    path: str | Path, series: Mapping[str, Series], xlabel: str, ylabel: str, title: str,
+    logx: bool = False, *, styles: Mapping[str, Mapping[str, Any]] | None = None,
+    hlines: Mapping[str, tuple[float, Mapping[str, Any]]] | None = None,
+    xticks: Sequence[float] | None = None, ylim: tuple[float, float] | None = None,
+    note: str | None = None,
+) -> Path:
+    """Write a PNG of one or more curves.
+
+    Args:
+        path: output file (written atomically; parent folders are created).
+        series: legend label -> ``(x, y)`` sequences of equal length.
+        xlabel, ylabel, title: axis labels and title.
+        logx: log-scaled x axis (``symlog`` when some x <= 0, see the module docstring).
+        styles: legend label -> extra ``Axes.plot`` keyword arguments (color, linestyle...).
+        hlines: legend label -> ``(y, Axes.axhline kwargs)``: horizontal reference levels.
+        xticks: tick positions on x (labelled with ``%g``); default: matplotlib's.
+        ylim: y range; default: matplotlib's.
+        note: small text under the axes (e.g. what was left out).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    styles = styles or {}
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    try:
+        xs_all: list[float] = []
+        for label, (x, y) in series.items():
+            if len(x) != len(y):
+                raise ValueError(f"series {label!r}: {len(x)} x values but {len(y)} y values")
+            xs_all.extend(float(v) for v in x)
+            kw = {"marker": "o", "markersize": 4, "linewidth": 1.6, **styles.get(label, {})}
+            ax.plot(list(x), list(y), label=label, **kw)
+        for label, (level, kw) in (hlines or {}).items():
+            ax.axhline(level, label=label, **{"linestyle": ":", "linewidth": 1.2, **kw})
+        if logx:
+            positive = [v for v in xs_all if v > 0]
+            if len(positive) < len(xs_all) and positive:
+                lo = min(positive)
+                ax.set_xscale("symlog", linthresh=lo, linscale=0.6)
+                # Keep the axis from wandering into negative ε: a small margin left of 0.
+                ax.set_xlim(-0.15 * lo, max(positive) * 1.4)
+            elif positive:
+                ax.set_xscale("log")
+        if xticks is not None:
+            ax.set_xticks(list(xticks))
+            ax.set_xticklabels([f"{t:g}" for t in xticks], rotation=0, fontsize=8)
+            ax.minorticks_off()
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        if note:
+            fig.text(0.01, 0.01, note, fontsize=7, color="0.35", ha="left", va="bottom")
+        fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _ylabel(report: Mapping[str, Any]) -> str:
+    if report["metric"] == "accuracy":
+        return "robust accuracy"
+    k = report.get("k", 0)
+    return "mAP@all" if k is None or k <= 0 else f"mAP@{k}"
+
+
+def attack_plot(path: str | Path, report: Mapping[str, Any]) -> Path:
+    """mAP (hash) or robust accuracy (classify) vs ε for one attack report
+    (:mod:`retrieval_bio.eval.robustness`): one line per gradient source, the clean level
+    dashed grey, the theory bound (hash) dotted red; log ε axis."""
+    metric = report["metric"]
+    eps = report["eps"]
+    series, styles = {}, {}
+    for g in report["grad"]:
+        label = "gradient-free" if g == "none" else f"{g} gradient"
+        series[label] = (eps, report[metric][g])
+        styles[label] = {"linestyle": _GRAD_STYLE.get(g, "-"), "marker": _MARKERS.get(g, "o")}
+    hlines = {"clean": (report[f"clean_{metric}"], {"color": "0.4", "linestyle": "--"})}
+    if report.get("theory_map") is not None:
+        hlines["theory (−h as query)"] = (report["theory_map"], {"color": "tab:red"})
+    title = (f"{report['attack'].upper()} on {report.get('rule', '?')} "
+             f"({report.get('dataset', '?')}, {report.get('backbone', '?')}), "
+             f"{report.get('steps')} step(s), {report.get('num_queries')} queries")
+    return line_plot(path, series, "ε (L∞, pixels in [0, 1])", _ylabel(report), title,
+                     logx=True, styles=styles, hlines=hlines, xticks=eps, ylim=(-0.02, 1.02),
+                     note=_zero_note(eps))
+
+
+def compare_plot(
+    path: str | Path, attack: str, reports: Mapping[str, Mapping[str, Any]]
+) -> Path:
+    """One attack across runs: label -> report. One colour per run; exact-gradient lines
+    solid, model-gradient lines dashed, gradient-free solid with triangles; each run's
+    clean level as a thin dotted line in its colour."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    series, styles, hlines = {}, {}, {}
+    eps_all: set[float] = set()
+    metric = "map"
+    first: Mapping[str, Any] = {}
+    for i, (label, rep) in enumerate(reports.items()):
+        first = first or rep
+        metric = rep["metric"]
+        colour = cycle[i % len(cycle)]
+        eps_all.update(rep["eps"])
+        for g in rep["grad"]:
+            name = f"{label} ({'gradient-free' if g == 'none' else g})"
+            series[name] = (rep["eps"], rep[metric][g])
+            styles[name] = {"color": colour, "linestyle": _GRAD_STYLE.get(g, "-"),
+                            "marker": _MARKERS.get(g, "o")}
+        hlines[f"{label} clean"] = (rep[f"clean_{metric}"],
+                                    {"color": colour, "linewidth": 0.9, "alpha": 0.7})
+    eps = sorted(eps_all)
+    title = f"{attack.upper()}: " + " vs ".join(reports) + f" ({first.get('dataset', '?')})"
+    return line_plot(path, series, "ε (L∞, pixels in [0, 1])", _ylabel(first), title,
+                     logx=True, styles=styles, hlines=hlines, xticks=eps, ylim=(-0.02, 1.02),
+                     note=_zero_note(eps))
+
+
+def _zero_note(eps: Sequence[float]) -> str | None:
+    if any(e <= 0 for e in eps):
+        return "x axis: symlog (linear between 0 and the smallest ε > 0, log above)"
+    return None

@@ -1,0 +1,389 @@
+"""Robustness sweeps: attack a trained model at several ε with each gradient source and
+report what happens to retrieval (mAP@k) or classification (accuracy). SPEC §7, §8; seed 001
+§6.2.
+
+Two levels:
+
+* :func:`sweep_hash` / :func:`sweep_classify` take a model and datasets (no run folder);
+* :func:`attack_run` loads a run folder (``retrieval_bio.train.load_run``), sweeps, and writes
+  ``attack-<name>.json`` and ``attack-<name>.png`` into it.
+
+Report schema (``attack-<name>.json``; lists are indexed like ``eps``)::
+
+    attack       "hag" | "sdha" | "fgsm" | "pgd" | "square"
+    task         "hash" | "classify"
+    metric       "map" (hash) | "accuracy" (classify): the key holding the per-ε values
+    grad         gradient sources evaluated, e.g. ["exact", "model"]; ["none"] for Square
+                 (gradient-free: it never calls a backward pass)
+    eps          [ε_0, ε_1, ...], L∞ budgets in [0, 1] pixel units
+    map          hash only: {grad: [mAP@k at ε_i]}, adversarial queries vs the CLEAN database
+    clean_map    hash only: mAP@k of the clean queries vs the clean database
+    theory_map   hash only: mAP@k with −sign(h) as query code (the strongest untargeted code)
+    k            hash only: the mAP cut-off (<= 0: whole database)
+    accuracy     classify only: {grad: [robust accuracy at ε_i]} in [0, 1]
+    clean_accuracy  classify only
+    linf, l2     {grad: [mean over queries of ‖x' − x‖_∞ / ‖x' − x‖_2 at ε_i]} (pixels in [0, 1])
+    grad_calls   {grad: [input-gradient evaluations made at ε_i, all queries]}
+    steps        iterations per attack (FGSM: 1; Square: its query budget per image)
+    preset       the hashing preset used ("paper" | "reference") or null
+    rule, seed, dataset, backbone, bits, run   provenance; seed is the attack's seed
+    num_queries  queries attacked (after ``max_queries`` subsampling)
+    notes        human-readable remarks (e.g. why a gradient source was computed once)
+
+For a BP model ``grad="exact"`` and ``grad="model"`` are the same computation (no feedback
+path exists), so a BP sweep attacks once and copies the result to every requested source
+(with a note).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ..progress import Progress, ensure
+from .encode import accuracy, encode
+from .metrics import map_at_k
+
+log = logging.getLogger(__name__)
+
+HASH_ATTACKS = ("hag", "sdha")
+CLASSIFY_ATTACKS = ("fgsm", "pgd", "square")
+GRADIENT_FREE = ("square",)
+NO_GRAD = "none"  # the single "gradient source" entry of a gradient-free attack
+
+#: seed 001's ε sweep for hashing attacks (SPEC §7, preset ``paper``).
+PAPER_HASH_EPS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5)
+#: seed 001's ε sweep for classifier attacks (SPEC §8).
+CLASSIFY_EPS = (0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5)
+REFERENCE_EPS = 8 / 255
+DEFAULT_BATCH = 128
+
+
+def attack_task(attack: str) -> str:
+    """``"hash"`` for HAG/SDHA, ``"classify"`` for FGSM/PGD/Square."""
+    if attack in HASH_ATTACKS:
+        return "hash"
+    if attack in CLASSIFY_ATTACKS:
+        return "classify"
+    raise ValueError(f"unknown attack {attack!r}; choose one of "
+                     f"{', '.join(HASH_ATTACKS + CLASSIFY_ATTACKS)}")
+
+
+def default_eps(attack: str, preset: str | None = None) -> list[float]:
+    """The ε list used when none is given: SPEC §7's paper sweep for hashing (8/255 for
+    the ``reference`` preset), SPEC §8's list (with 0) for classifiers."""
+    if attack_task(attack) == "classify":
+        return list(CLASSIFY_EPS)
+    return [REFERENCE_EPS] if preset == "reference" else list(PAPER_HASH_EPS)
+
+
+def report_paths(run_dir: str | Path, attack: str) -> tuple[Path, Path]:
+    """``(run_dir/attack-<name>.json, run_dir/attack-<name>.png)``."""
+    run_dir = Path(run_dir)
+    return run_dir / f"attack-{attack}.json", run_dir / f"attack-{attack}.png"
+
+
+# -- sweeps over a model ------------------------------------------------------------------
+
+
+def sweep_hash(
+    model: nn.Module, attack: str, eps: Sequence[float], *, queries: Dataset,
+    database: Dataset, k: int, train: Dataset | None = None, grads: Sequence[str] = ("exact",
+    "model"), same_grads: bool = False, steps: int | None = None, preset: str | None = None,
+    batch_size: int = DEFAULT_BATCH, device: torch.device | str = "cpu", seed: int = 0,
+    attack_kwargs: dict[str, Any] | None = None, progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Attack every query with HAG or SDHA at each ε and gradient source; mAP@k of the
+    adversarial query codes against the clean database codes (SPEC §7).
+
+    Args:
+        model: images ``(N, 3, H, W)`` in [0, 1] -> continuous hash output h ``(N, K)``, on
+            ``device``; the code is sign(h), sign(0) = +1.
+        attack: ``"hag"`` or ``"sdha"``.
+        eps: L∞ budgets in [0, 1] pixel units.
+        queries, database: datasets of ``(image, multi-hot label, index)``.
+        k: mAP cut-off (<= 0: whole database); ties broken by database position.
+        train: the training split (SDHA's relevant codes, encoded once with ``model``).
+        grads: gradient sources to evaluate.
+        same_grads: the sources are the same computation (a BP model): attack once.
+        steps, preset: passed to the attack (``steps=None`` and ``preset=None``: ``paper``).
+        seed: the attack's seed.
+        attack_kwargs: extra constructor arguments of the attack (e.g. ``lr``).
+
+    Returns:
+        The report dict of the module docstring, without the provenance keys.
+    """
+    if attack not in HASH_ATTACKS:
+        raise ValueError(f"{attack!r} is not a hashing attack ({', '.join(HASH_ATTACKS)})")
+    from ..attacks import ATTACKS
+
+    device = torch.device(device)
+    progress = ensure(progress)
+    kwargs = dict(attack_kwargs or {})
+    if steps is None and preset is None:
+        preset = "paper"
+    if attack == "sdha":
+        if train is None:
+            raise ValueError("SDHA needs the training split (its relevant codes)")
+        h_train, train_labels, _ = encode(model, train, batch_size=batch_size, device=device,
+                                          progress=progress, description="encoding train")
+        kwargs["train_codes"] = torch.from_numpy(_sign(h_train))
+        kwargs["train_labels"] = torch.from_numpy(train_labels)
+    h_db, db_labels, _ = encode(model, database, batch_size=batch_size, device=device,
+                                progress=progress, description="encoding database")
+    db_codes = _sign(h_db)
+
+    def make(e: float, g: str):
+        return ATTACKS.get(attack)(model, e, steps, grad=g, preset=preset, seed=seed, **kwargs)
+
+    sweep = _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, progress,
+                   attack)
+    q_labels = sweep["labels"]
+    clean_codes = _sign(sweep["clean"])
+
+    def score(codes: np.ndarray) -> float:
+        return float(map_at_k(codes, db_codes, q_labels, db_labels, k, ties="index"))
+
+    values = {g: [score(_sign(out)) for out in outs] for g, outs in sweep["outputs"].items()}
+    return {
+        "attack": attack, "task": "hash", "metric": "map", "grad": list(values),
+        "eps": [float(e) for e in eps], "map": values, "clean_map": score(clean_codes),
+        "theory_map": score(-clean_codes), "k": int(k), "linf": sweep["linf"],
+        "l2": sweep["l2"], "grad_calls": sweep["grad_calls"], "steps": sweep["steps"],
+        "preset": preset, "num_queries": int(len(q_labels)), "num_database": int(len(db_codes)),
+        "notes": sweep["notes"],
+    }
+
+
+def sweep_classify(
+    model: nn.Module, attack: str, eps: Sequence[float], *, queries: Dataset,
+    grads: Sequence[str] = ("exact", "model"), same_grads: bool = False,
+    steps: int | None = None, batch_size: int = DEFAULT_BATCH,
+    device: torch.device | str = "cpu", seed: int = 0,
+    attack_kwargs: dict[str, Any] | None = None, progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Robust accuracy of a classifier under FGSM, PGD or Square at each ε and gradient
+    source (SPEC §8).
+
+    ``steps`` is PGD's iteration count (default 5, seed 001) or Square's query budget per
+    image (default: the attack's, 1,000); FGSM ignores it. Square is gradient-free, so its
+    report has one source, ``"none"``, whatever ``grads`` says. Other arguments as
+    :func:`sweep_hash`. Returns the report dict of the module docstring (no provenance).
+    """
+    if attack not in CLASSIFY_ATTACKS:
+        raise ValueError(f"{attack!r} is not a classifier attack ({', '.join(CLASSIFY_ATTACKS)})")
+    from ..attacks import ATTACKS
+
+    device = torch.device(device)
+    progress = ensure(progress)
+    kwargs = dict(attack_kwargs or {})
+    notes: list[str] = []
+    if attack in GRADIENT_FREE:
+        if list(grads) != [NO_GRAD]:
+            notes.append(f"{attack} is gradient-free: one source '{NO_GRAD}' replaces "
+                         f"{', '.join(grads)}")
+        grads, same_grads = [NO_GRAD], False
+        if steps is not None:
+            kwargs["n_queries"] = steps
+    elif attack == "pgd" and steps is not None:
+        kwargs["steps"] = steps
+
+    def make(e: float, g: str):
+        # Square accepts a grad argument only for uniformity; it is never used.
+        return ATTACKS.get(attack)(model, e, grad="model" if g == NO_GRAD else g, seed=seed,
+                                   **kwargs)
+
+    sweep = _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, progress,
+                   attack)
+    labels = sweep["labels"]
+    values = {g: [accuracy(out, labels) for out in outs] for g, outs in sweep["outputs"].items()}
+    return {
+        "attack": attack, "task": "classify", "metric": "accuracy", "grad": list(values),
+        "eps": [float(e) for e in eps], "accuracy": values,
+        "clean_accuracy": accuracy(sweep["clean"], labels), "linf": sweep["linf"],
+        "l2": sweep["l2"], "grad_calls": sweep["grad_calls"], "steps": sweep["steps"],
+        "preset": None, "num_queries": int(len(labels)), "notes": notes + sweep["notes"],
+    }
+
+
+def _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, progress, name):
+    """Attack every query batch for each (source, ε); collect model outputs and norms.
+
+    Clean outputs are computed in the same batches and the same way as the adversarial
+    ones, so at ε = 0 (where every attack returns its input) they are bit-identical.
+    """
+    grads = list(dict.fromkeys(grads))
+    if not grads:
+        raise ValueError("give at least one gradient source")
+    notes: list[str] = []
+    computed = grads[:1] if same_grads else grads
+    if same_grads and len(grads) > 1:
+        notes.append(f"{' and '.join(grads)} gradients are the same computation for this model "
+                     f"(no feedback path, BP): attacked once with '{grads[0]}'")
+    loader = DataLoader(queries, batch_size=batch_size, shuffle=False)
+    clean, labels = [], []
+    with torch.no_grad():
+        for x, y, _ in loader:
+            clean.append(model(x.to(device)).float().cpu())
+            labels.append(y.float())
+    clean_np = torch.cat(clean).numpy()
+    labels_t = torch.cat(labels)
+    outputs: dict[str, list[np.ndarray]] = {}
+    linf: dict[str, list[float]] = {}
+    l2: dict[str, list[float]] = {}
+    calls: dict[str, list[int]] = {}
+    steps = None
+    progress.start(f"{name}", len(computed) * len(eps) * len(loader))
+    try:
+        for g in computed:
+            outputs[g], linf[g], l2[g], calls[g] = [], [], [], []
+            for e in eps:
+                attack = make(float(e), g)
+                steps = _steps_of(attack)
+                outs, inf_norms, l2_norms = [], [], []
+                t0 = time.perf_counter()
+                for x, y, _ in loader:
+                    x = x.to(device)
+                    adv = attack(x, y.to(device))
+                    with torch.no_grad():
+                        outs.append(model(adv).float().cpu())
+                    delta = (adv - x).flatten(1).float()
+                    inf_norms.append(delta.abs().amax(1).cpu())
+                    l2_norms.append(delta.norm(dim=1).cpu())
+                    progress.advance(1, grad=g, eps=float(e))
+                log.info("%s grad=%s eps=%g: %.1f s", name, g, e, time.perf_counter() - t0)
+                outputs[g].append(torch.cat(outs).numpy())
+                linf[g].append(float(torch.cat(inf_norms).mean()))
+                l2[g].append(float(torch.cat(l2_norms).mean()))
+                calls[g].append(int(attack.n_grad_calls))
+    finally:
+        progress.stop()
+    for g in grads[len(computed):]:  # same computation: share the results
+        outputs[g], linf[g], l2[g], calls[g] = (outputs[grads[0]], linf[grads[0]],
+                                                l2[grads[0]], calls[grads[0]])
+    return {"clean": clean_np, "labels": labels_t.numpy(), "outputs": outputs, "linf": linf,
+            "l2": l2, "grad_calls": calls, "steps": steps, "notes": notes}
+
+
+def _steps_of(attack: Any) -> int:
+    for attr in ("steps", "n_queries"):
+        if hasattr(attack, attr):
+            return int(getattr(attack, attr))
+    return 1  # FGSM: one step
+
+
+def _sign(h: np.ndarray) -> np.ndarray:
+    """int8 ±1 codes with sign(0) = +1 (SPEC §1)."""
+    return np.where(h >= 0, 1, -1).astype(np.int8)
+
+
+def subsample(dataset: Dataset, max_items: int | None, seed: int) -> Dataset:
+    """The first ``max_items`` items of a seeded permutation (the whole set when None or
+    larger than the set; order kept stable by sorting the chosen positions)."""
+    n = len(dataset)
+    if max_items is None or max_items >= n:
+        return dataset
+    if max_items < 1:
+        raise ValueError(f"max_queries must be >= 1, got {max_items}")
+    idx = np.random.default_rng(seed).permutation(n)[:max_items]
+    return Subset(dataset, np.sort(idx).tolist())
+
+
+# -- a run folder -------------------------------------------------------------------------
+
+
+def attack_run(
+    run_dir: str | Path, attack: str, eps: Sequence[float] | None = None, *,
+    grads: Sequence[str] = ("exact", "model"), steps: int | None = None,
+    preset: str | None = None, max_queries: int | None = None,
+    batch_size: int = DEFAULT_BATCH, device: str = "auto", seed: int = 0,
+    attack_kwargs: dict[str, Any] | None = None, plot: bool = True,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Attack the trained model of a run folder and write ``attack-<name>.json`` (and, with
+    ``plot``, ``attack-<name>.png``) into it.
+
+    Hashing runs take ``hag``/``sdha``, classification runs ``fgsm``/``pgd``/``square``. The
+    queries are the run's query split (``max_queries``: a seeded subsample of that many);
+    hashing attacks are scored against the run's database split, encoded afresh with the
+    loaded model so that clean and adversarial codes come from the same computation.
+
+    Args:
+        run_dir: a finished run folder (``config.yaml`` + ``best.pt``).
+        attack: attack name.
+        eps: L∞ budgets in [0, 1] pixels; ``None``: :func:`default_eps`.
+        grads: gradient sources; for a BP run they coincide and are computed once.
+        steps, preset: see :func:`sweep_hash` / :func:`sweep_classify`; ``preset`` is for
+            hashing attacks only.
+        max_queries: attack only this many queries (seeded by ``seed``).
+        batch_size: attack batch size (results do not depend on it for HAG/SDHA, whose loss
+            is normalised by a fixed reference batch).
+        device: ``"auto"`` | ``"cpu"`` | ``"cuda"`` | ``"mps"``.
+        seed: the attack's seed and the query subsample's.
+
+    Returns:
+        The report (module docstring), as written to the JSON file.
+    """
+    # Loading a run needs the training pipeline; imported here so that the sweeps above
+    # (model + datasets) stay usable without it.
+    from ..runs import atomic_write_json
+    from ..train import load_run, resolve_device
+    from ..train.pipeline import retrieval_k
+
+    task = attack_task(attack)
+    if preset is not None and task != "hash":
+        raise ValueError(f"--preset applies to hashing attacks (hag, sdha), not {attack!r}")
+    eps = default_eps(attack, preset) if eps is None else [float(e) for e in eps]
+    if any(e < 0 for e in eps):
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    cfg, model, splits = load_run(run_dir, device=dev)
+    if cfg.task != task:
+        raise ValueError(
+            f"{attack!r} attacks {task} models but {run_dir} is a {cfg.task} run; use "
+            f"{' | '.join(HASH_ATTACKS if cfg.task == 'hash' else CLASSIFY_ATTACKS)}"
+        )
+    queries = subsample(splits.query, max_queries, seed)
+    common = dict(grads=grads, same_grads=cfg.rule == "bp", steps=steps,
+                  batch_size=batch_size, device=dev, seed=seed, attack_kwargs=attack_kwargs,
+                  progress=progress)
+    if task == "hash":
+        report = sweep_hash(model, attack, eps, queries=queries, database=splits.database,
+                            train=splits.train, k=retrieval_k(cfg, splits), preset=preset,
+                            **common)
+    else:
+        report = sweep_classify(model, attack, eps, queries=queries, **common)
+    report.update(rule=cfg.rule, seed=int(seed), dataset=cfg.dataset, backbone=cfg.backbone,
+                  bits=cfg.bits if task == "hash" else None, run=str(Path(run_dir)),
+                  device=str(dev), time_s=round(time.perf_counter() - t0, 2))
+    json_path, png_path = report_paths(run_dir, attack)
+    atomic_write_json(json_path, report)
+    if plot:
+        from .plots import attack_plot
+
+        attack_plot(png_path, report)
+    return report
+
+
+def report_rows(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The report as a table: columns ``ε`` then one per gradient source (then mean L∞ per
+    source); rows ``clean``, each ε, and ``theory`` for hashing attacks."""
+    metric, grads = report["metric"], report["grad"]
+    header = ["ε"] + [f"{metric} ({g})" for g in grads] + [f"L∞ ({g})" for g in grads]
+    blank = [None] * len(grads)
+    rows: list[list[Any]] = [["clean"] + [report[f"clean_{metric}"]] * len(grads) + blank]
+    for i, e in enumerate(report["eps"]):
+        rows.append([f"{e:g}"] + [report[metric][g][i] for g in grads]
+                    + [report["linf"][g][i] for g in grads])
+    if report.get("theory_map") is not None:
+        rows.append(["theory (−h)"] + [report["theory_map"]] * len(grads) + blank)
+    return header, rows
