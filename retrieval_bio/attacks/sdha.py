@@ -13,7 +13,8 @@ g(h r) = e(h) + r·o(h) for r = ±1, so for all training codes R ``(N, K)`` at o
     D(h', R) = Σ_k e(h'_k) + o(h') @ Rᵀ        (Q, N)
 
 — one matrix product, like the Hamming distances d_H = (K − sign(h')·Rᵀ)/2. Relevant sets of
-different sizes become a (Q, N) boolean mask and masked means.
+different sizes become a (Q, N) averaging matrix; since w is a constant, the mean of w·D over
+each relevant set needs no (Q, N) autograd graph at all (:func:`_surrogate`).
 """
 
 from __future__ import annotations
@@ -82,16 +83,47 @@ def sdha_surrogate(
 ) -> torch.Tensor:
     """Per query ``(Q,)``: mean over its relevant codes r of w·D(h', r).
 
-    Queries with no relevant training code use their own clean code ``own_codes`` ``(Q, K)``
-    as the only relevant code (SAAT's fallback).
+    Args:
+        h_adv: relaxed codes h' ``(Q, K)``.
+        train_codes: ``(N, K)`` codes (sign taken, sign(0) = +1).
+        relevant: ``(Q, N)`` bool, which codes are relevant to which query.
+        own_codes: ``(Q, K)`` the queries' clean codes: the only relevant code of a query
+            with no relevant training code (SAAT's fallback).
     """
-    wd = sdha_weights(h_adv, train_codes) * sdha_distance(h_adv, train_codes)
-    count = relevant.sum(1)
-    train_mean = (wd * relevant).sum(1) / count.clamp(min=1)
-    own = own_codes.to(h_adv.dtype)
-    # Row-wise D and w against the query's own code (the diagonal of the (Q, Q) matrices).
-    own_wd = (sdha_weights(h_adv, own) * sdha_distance(h_adv, own)).diagonal()
-    return torch.where(count > 0, train_mean, own_wd)
+    codes_t, coef = prepare_relevant(train_codes, relevant, own_codes, h_adv.dtype)
+    return _surrogate(h_adv, codes_t, coef)
+
+
+def prepare_relevant(
+    train_codes: torch.Tensor, relevant: torch.Tensor, own_codes: torch.Tensor,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-call constants of the surrogate: ±1 codes ``(K, N + Q)`` (the training codes
+    then each query's own code) and the ``(Q, N + Q)`` averaging matrix (1 / |relevant set|
+    on a query's relevant codes, or 1 on its own code when the set is empty)."""
+    q = relevant.shape[0]
+    codes_t = torch.cat([_pm1(train_codes, dtype), _pm1(own_codes, dtype)]).T.contiguous()
+    count = relevant.sum(1, keepdim=True)
+    fallback = (count == 0).to(dtype) * torch.eye(q, dtype=dtype, device=relevant.device)
+    coef = torch.cat([relevant.to(dtype) / count.clamp(min=1), fallback], dim=1)
+    return codes_t, coef
+
+
+def _surrogate(h_adv: torch.Tensor, codes_t: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """Σ_r coef[q, r]·w(h'_q, r)·D(h'_q, r) for every query, ``(Q,)``.
+
+    With D = Σ_k e(h'_k) + o(h') @ Rᵀ and w detached, the sum is
+    (Σ_r c_r w_r)·Σ_k e(h'_k) + Σ_k o(h'_k)·(c ∘ w @ R)_k: the gradient flows only through
+    (Q, K) elementwise terms, and a step costs two (Q, K) x (K, N) products, no (Q, N) graph.
+    """
+    k = h_adv.shape[1]
+    b = _pm1(h_adv.detach(), h_adv.dtype)
+    w = (0.5 * (k - b @ codes_t) + 1e-8).pow(-WEIGHT_POWER)  # (Q, N + Q), detached
+    cw = coef * w
+    pulled = cw @ codes_t.T  # (Q, K), a constant
+    g_pos, g_neg = _g(h_adv), _g(-h_adv)
+    even, odd = 0.5 * (g_pos + g_neg), 0.5 * (g_pos - g_neg)
+    return cw.sum(1) * even.sum(1) + (odd * pulled).sum(1)
 
 
 @ATTACKS.register("sdha", help="SDHA (Lu et al. 2021): AP-weighted hashing attack, Adam")
@@ -161,10 +193,11 @@ class SDHA(Attack):
                 f"got {tuple(labels.shape)}"
             )
         dtype = images.dtype
-        codes = self.train_codes.to(images.device, dtype)
         relevant = relevance_mask(labels, self.train_labels.to(images.device))
-        own = _pm1(self.predict(images), dtype)
-        k = codes.shape[1]
+        own = self.predict(images)
+        codes_t, coef = prepare_relevant(self.train_codes.to(images.device), relevant, own,
+                                         dtype)
+        k = codes_t.shape[0]
         x_adv = images.clone()
         opt = torch.optim.Adam([x_adv], lr=self.lr, betas=(0.9, 0.999))
         progress.start("SDHA", self.steps)
@@ -174,7 +207,7 @@ class SDHA(Attack):
             def loss_fn(out: torch.Tensor, x: torch.Tensor, alpha: float = alpha) -> torch.Tensor:
                 h_adv = torch.tanh(alpha * out)
                 mse = (x - images).square().flatten(1).mean(1)
-                surrogate = sdha_surrogate(h_adv, codes, relevant, own)
+                surrogate = _surrogate(h_adv, codes_t, coef)
                 per_query = mse - (SURROGATE_SCALE / k) * surrogate
                 return per_query.sum() / self.ref_batch
 

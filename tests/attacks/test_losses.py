@@ -123,3 +123,28 @@ def test_alpha_schedule_follows_saat(steps):
 def test_alpha_schedule_paper_and_ten_steps():
     assert alpha_schedule(5) == [0.1, 0.1, 0.1, 0.3, 0.7]
     assert alpha_schedule(10) == list(ALPHA_SCHEDULE)
+
+
+def test_sdha_surrogate_gradient_matches_direct_formula():
+    """The factorised surrogate has the gradient of the literal per-pair formula (w constant)."""
+    g = torch.Generator().manual_seed(1)
+    h = (torch.rand(4, 6, generator=g, dtype=torch.float64) * 2 - 1).requires_grad_(True)
+    codes = torch.randint(0, 2, (7, 6), generator=g) * 2 - 1
+    relevant = torch.rand(4, 7, generator=g) < 0.5
+    relevant[3] = False  # falls back to its own code
+    own = torch.randint(0, 2, (4, 6), generator=g) * 2 - 1
+    (got,) = torch.autograd.grad(sdha_surrogate(h, codes, relevant, own).sum(), h)
+
+    total = 0
+    for i in range(4):
+        rows = codes[relevant[i]] if relevant[i].any() else own[i : i + 1]
+        terms = []
+        for r in rows.double():
+            d = (0.5 * ((h[i] - r).abs() * torch.sigmoid(5 * h[i] * r)).sum()
+                 + (1 - torch.sigmoid(5 * h[i] * r)).sum())
+            b = torch.where(h[i] >= 0, 1.0, -1.0).double()
+            w = ((b != r).sum().double() + 1e-8) ** -0.5
+            terms.append(w * d)
+        total = total + torch.stack(terms).mean()
+    (expected,) = torch.autograd.grad(total, h)
+    torch.testing.assert_close(got, expected)
