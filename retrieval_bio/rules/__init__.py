@@ -21,14 +21,16 @@ Usage (the trainer's part)::
     model = create_model("vgg16", "classify", num_classes=10, weights=bp_run)
     rules.convert(model, "frsf", scale="norm", seed=cfg.seed)   # in place; returns model
     opt = torch.optim.Adam(model.parameters(), ...)             # before or after convert
-    rules.attach(opt, model)      # brSF: redraw M after every opt.step() (no-op otherwise)
+    rules.attach(opt, model)      # every rule: brSF redraws M after each opt.step()
     ...
     per_epoch_log = {"angle_BW": rules.layer_angles(model),
                      "angle_grad": rules.gradient_angles(model, nn.CrossEntropyLoss(),
                                                          (x, y))}
 
 Instead of :func:`attach`, a loop may call ``rules.on_optimizer_step(model)`` right after
-each ``optimizer.step()``; do one or the other, not both.
+each ``optimizer.step()``; do one or the other, not both (twice would skip a brSF draw).
+It is required for brSF and for any rule whose optimiser is fused (``Adam(fused=True)``
+does not bump autograd's version counter, on which the cached B is keyed).
 
 Attacks: ``with rules.exact_gradients(model): ...`` (forward and backward inside) makes every
 converted layer back-propagate through W, the gradient an attacker who has the weights uses

@@ -110,19 +110,25 @@ def exact_gradients(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def on_optimizer_step(model: nn.Module) -> None:
-    """Call after every ``optimizer.step()``: brSF layers draw a new M; other rules no-op.
+    """Call after every ``optimizer.step()``, for every rule: brSF layers draw a new M.
 
-    Each draw t of a layer is seeded from its persistent ``M_state = [seed, t]``, so a run
-    resumed from a checkpoint redraws the same magnitudes as an uninterrupted one.
+    All layers also drop their cached B. B is cached per weight version (autograd's version
+    counter, bumped by ordinary in-place optimiser updates); fused optimisers
+    (``Adam(fused=True)``) and writes through ``.data`` do not bump it, so a loop that uses
+    them must call this (or :func:`attach`) for uSF / frSF / FA to see the new W.
+
+    Each draw t of a brSF layer is seeded from its persistent ``M_state = [seed, t]``, so a
+    run resumed from a checkpoint redraws the same magnitudes as an uninterrupted one.
     """
     for layer in converted_layers(model).values():
-        layer.advance_magnitude()
+        layer.on_optimizer_step()
 
 
 def attach(optimizer: torch.optim.Optimizer, model: nn.Module):  # noqa: ANN201
     """Register :func:`on_optimizer_step` as a post-step hook of ``optimizer``.
 
-    Call once after building the optimiser. The hook runs only when the parameters really
+    Call once after building the optimiser, whatever the rule (required for brSF, and for
+    any rule with a fused optimiser). The hook runs only when the parameters really
     were updated (e.g. not when ``GradScaler`` skips a step on inf/NaN gradients).
 
     Returns:

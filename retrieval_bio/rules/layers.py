@@ -108,8 +108,13 @@ class FeedbackLayer(nn.Module):
         with torch.no_grad():
             m.uniform_(0.0, 1.0, generator=gen)
 
-    def advance_magnitude(self) -> None:
-        """brSF: draw a new M (called after each optimiser step); no-op for other rules."""
+    def on_optimizer_step(self) -> None:
+        """After a parameter update: forget the cached B; brSF also draws a new M.
+
+        The cache is keyed on W's autograd version counter, which ordinary optimisers bump;
+        this call also covers updates that do not (fused optimisers, writes via ``.data``).
+        """
+        self._fb_key = None
         if self.spec.magnitude != "batch":
             return
         seed, t = self._m_state

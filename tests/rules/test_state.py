@@ -223,3 +223,22 @@ def test_skips_layers_with_their_own_forward(caplog: pytest.LogCaptureFixture) -
     assert isinstance(model[1], Plain) and "keeps exact gradients" in caplog.text
     with pytest.raises(ValueError):
         rules.convert(model, "frsf")  # already converted
+
+
+def test_fused_optimizer_with_attach_updates_feedback() -> None:
+    """Fused Adam does not bump W's version counter; attach() still refreshes B."""
+    torch.manual_seed(7)
+    layer = rules.convert(nn.Linear(6, 4), "usf")
+    opt = torch.optim.Adam(layer.parameters(), lr=0.5, fused=True)
+    rules.attach(opt, layer)
+    rules.feedback(layer)
+    for i in range(3):
+        opt.zero_grad()
+        layer(torch.randn(5, 6)).pow(2).sum().backward()
+        opt.step()
+        w = layer.weight.detach()
+        x = torch.randn(5, 6, requires_grad=True)
+        g = torch.randn(5, 4)
+        layer(x).backward(g)
+        torch.testing.assert_close(x.grad, g @ (torch.sign(w) * w.norm() / torch.sign(w).norm()),
+                                   msg=f"step {i}")
