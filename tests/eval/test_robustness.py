@@ -1,0 +1,189 @@
+"""Robustness sweeps over real (tiny) trained runs: ε = 0 reproduces the clean metrics,
+clean/theory mAP match a brute-force oracle over the run's own codes.npz, budgets hold, the
+JSON and PNG are what the docs say, BP computes one gradient source, runs are deterministic."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from retrieval_bio.config import RunConfig
+from retrieval_bio.eval.robustness import (
+    attack_run,
+    default_eps,
+    report_paths,
+    report_rows,
+    subsample,
+)
+from retrieval_bio.train import train_run
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+HASH_KEYS = {"attack", "task", "metric", "grad", "eps", "map", "clean_map", "theory_map", "k",
+             "linf", "l2", "grad_calls", "steps", "preset", "rule", "seed", "num_queries",
+             "notes"}
+CLASSIFY_KEYS = {"attack", "task", "metric", "grad", "eps", "accuracy", "clean_accuracy",
+                 "linf", "l2", "grad_calls", "steps", "rule", "seed", "num_queries", "notes"}
+
+
+def tiny_run(tmp_path_factory, task: str, rule: str) -> Path:
+    """A 1-epoch small-cnn fine-tune on 8-px digits, trained once per test session (cached in
+    the session's base temp folder, so other test modules reuse it)."""
+    out = tmp_path_factory.getbasetemp() / "tiny-runs" / f"{task}-{rule}"
+    done = out / "metrics.json"
+    if not (done.is_file() and ("map@k" in done.read_text() or "test_accuracy" in
+                                done.read_text())):
+        shutil.rmtree(out, ignore_errors=True)
+        train_run(RunConfig(stage="finetune", task=task, rule=rule, backbone="small-cnn",
+                            dataset="digits", image_size=8, bits=16, epochs=1, batch_size=64,
+                            lr_backbone=3e-3, lr_head=3e-3, device="cpu", out=str(out)))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is fastest and fair to other jobs
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def hash_frsf(tmp_path_factory):
+    return tiny_run(tmp_path_factory, "hash", "frsf")
+
+
+@pytest.fixture(scope="module")
+def classify_bp(tmp_path_factory):
+    return tiny_run(tmp_path_factory, "classify", "bp")
+
+
+@pytest.fixture(scope="module")
+def hag_report(hash_frsf):
+    return attack_run(hash_frsf, "hag", [0.0, 0.02, 0.5], device="cpu")
+
+
+def brute_map(q: np.ndarray, db: np.ndarray, ql: np.ndarray, dl: np.ndarray) -> float:
+    """mAP over the whole database, stable (index) ties: a loop written independently."""
+    aps = []
+    for i in range(len(q)):
+        dist = (q.shape[1] - db.astype(np.int64) @ q[i].astype(np.int64)) // 2
+        order = np.argsort(dist, kind="stable")
+        rel = ((dl[order] * ql[i]).sum(1) > 0).astype(float)
+        if rel.sum() == 0:
+            aps.append(0.0)
+            continue
+        hits = np.cumsum(rel)
+        aps.append(float((hits / np.arange(1, len(rel) + 1) * rel).sum() / rel.sum()))
+    return float(np.mean(aps))
+
+
+def assert_png(path: Path) -> None:
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    img = matplotlib.image.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 200
+    assert img[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_hash_eps0_equals_clean_and_clean_matches_the_runs_codes(hash_frsf, hag_report):
+    rep = hag_report
+    for g in ("exact", "model"):
+        assert rep["map"][g][0] == rep["clean_map"]
+        assert rep["linf"][g][0] == 0.0 and rep["l2"][g][0] == 0.0
+    # Oracle: the codes the training pipeline wrote (independent encoding path) scored by a
+    # brute-force mAP; the run has k = 0 (digits: whole database).
+    with np.load(hash_frsf / "codes.npz") as z:
+        q, db, ql, dl = z["query_codes"], z["db_codes"], z["query_labels"], z["db_labels"]
+    assert rep["k"] == 0 and rep["num_queries"] == len(q)
+    assert rep["clean_map"] == pytest.approx(brute_map(q, db, ql, dl), abs=1e-12)
+    assert rep["theory_map"] == pytest.approx(brute_map(-q, db, ql, dl), abs=1e-12)
+    assert rep["theory_map"] < 0.3 < rep["clean_map"]
+
+
+def test_hash_report_schema_budget_and_effect(hash_frsf, hag_report):
+    rep = hag_report
+    assert HASH_KEYS <= set(rep)
+    assert rep["attack"] == "hag" and rep["metric"] == "map" and rep["rule"] == "frsf"
+    assert rep["grad"] == ["exact", "model"] and rep["eps"] == [0.0, 0.02, 0.5]
+    assert rep["steps"] == 5 and rep["preset"] == "paper"
+    for key in ("map", "linf", "l2", "grad_calls"):
+        assert set(rep[key]) == {"exact", "model"}
+        assert all(len(v) == len(rep["eps"]) for v in rep[key].values())
+    for g in ("exact", "model"):
+        for e, linf in zip(rep["eps"], rep["linf"][g], strict=True):
+            assert linf <= e + 1e-6  # float32 (x + ε) − x may exceed ε by an ulp
+        assert rep["grad_calls"][g] == [5 * 2] * 3  # 200 queries = 2 batches of <= 128, 5 steps
+    # frSF: the exact and the model gradient are different attacks ...
+    assert rep["l2"]["exact"][-1] != rep["l2"]["model"][-1]
+    # ... and the exact (white-box) one hurts retrieval substantially at ε = 0.5.
+    assert rep["map"]["exact"][-1] < rep["clean_map"] - 0.1
+    # The JSON on disk is the returned report; the PNG is a real image.
+    json_path, png_path = report_paths(hash_frsf, "hag")
+    assert json.loads(json_path.read_text()) == rep
+    assert_png(png_path)
+    header, rows = report_rows(rep)
+    assert header[:3] == ["ε", "map (exact)", "map (model)"]
+    assert [r[0] for r in rows] == ["clean", "0", "0.02", "0.5", "theory (−h)"]
+
+
+def test_sdha_subsample_and_determinism(hash_frsf):
+    kw = dict(max_queries=30, device="cpu", seed=3, grads=("exact",), plot=False)
+    a = attack_run(hash_frsf, "sdha", [0.0, 0.1], **kw)
+    b = attack_run(hash_frsf, "sdha", [0.0, 0.1], **kw)
+    a.pop("time_s"), b.pop("time_s")
+    assert a == b
+    assert a["num_queries"] == 30 and a["grad"] == ["exact"]
+    assert a["map"]["exact"][0] == a["clean_map"]
+    assert a["linf"]["exact"][1] <= 0.1 + 1e-6
+
+
+def test_classify_eps0_equals_clean_and_bp_attacks_once(classify_bp):
+    rep = attack_run(classify_bp, "fgsm", [0.0, 0.3], device="cpu")
+    assert CLASSIFY_KEYS <= set(rep)
+    metrics = json.loads((classify_bp / "metrics.json").read_text())
+    assert rep["clean_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-12)
+    assert rep["accuracy"]["exact"][0] == rep["clean_accuracy"]
+    # BP: one computation shared by both sources (and a note saying so).
+    assert rep["accuracy"]["exact"] == rep["accuracy"]["model"]
+    assert any("same computation" in n for n in rep["notes"])
+    assert rep["accuracy"]["exact"][1] < rep["clean_accuracy"]
+    assert rep["linf"]["exact"][1] <= 0.3 + 1e-6
+    assert rep["grad_calls"]["exact"] == [2, 2]  # FGSM: one gradient per batch (2 batches)
+    assert_png(report_paths(classify_bp, "fgsm")[1])
+
+
+def test_square_is_gradient_free(classify_bp):
+    rep = attack_run(classify_bp, "square", [0.0, 0.3], steps=30, max_queries=40,
+                     device="cpu", plot=False)
+    assert rep["grad"] == ["none"] and rep["steps"] == 30
+    assert rep["grad_calls"] == {"none": [0, 0]}
+    assert rep["accuracy"]["none"][0] == rep["clean_accuracy"]
+    assert rep["linf"]["none"][1] <= 0.3 + 1e-6
+
+
+def test_wrong_task_and_bad_arguments(hash_frsf, classify_bp):
+    with pytest.raises(ValueError, match="hash run"):
+        attack_run(hash_frsf, "fgsm", [0.1], device="cpu")
+    with pytest.raises(ValueError, match="preset"):
+        attack_run(classify_bp, "pgd", [0.1], preset="paper", device="cpu")
+    with pytest.raises(ValueError, match="unknown attack"):
+        attack_run(classify_bp, "cw", [0.1], device="cpu")
+
+
+def test_defaults_and_subsample():
+    assert default_eps("hag") == [0.001, 0.005, 0.01, 0.05, 0.1, 0.5]
+    assert default_eps("sdha", "reference") == [8 / 255]
+    assert default_eps("pgd")[0] == 0.0 and len(default_eps("fgsm")) == 7
+    data = list(range(50))
+    sub = subsample(data, 10, seed=1)
+    assert len(sub) == 10 and len(set(sub)) == 10
+    assert list(sub) == sorted(sub)
+    assert list(subsample(data, 10, seed=1)) == list(sub)
+    assert list(subsample(data, 10, seed=2)) != list(sub)
+    assert subsample(data, None, 0) is data and subsample(data, 99, 0) is data
