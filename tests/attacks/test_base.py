@@ -143,3 +143,11 @@ def test_rejects_bad_arguments(classifier, digits):
         PGD(classifier, 0.1, grad="biotorch")
     with pytest.raises(ValueError):
         FGSM(classifier, 0.1)(digits.query.images[:2] * 2, digits.query.labels[:2])
+
+
+@pytest.mark.parametrize("name", ["hag", "pgd"])
+def test_works_inside_no_grad(name, models, digits):
+    x, y = digits.query.images[:16], digits.query.labels[:16]
+    expected = make(name, models[name], 0.1, digits, grad="model")(x, y)
+    with torch.no_grad():
+        assert torch.equal(make(name, models[name], 0.1, digits, grad="model")(x, y), expected)
