@@ -155,10 +155,15 @@ def candidates(dist: np.ndarray, k: int, sample: np.ndarray, bits: int) -> Candi
         thresh = np.argmax(hist >= target, axis=1).astype(dist.dtype)
     flat, count = _within(dist, thresh)
     short = np.flatnonzero(count < k)
-    if short.size:  # exact thresholds for the rows the guess missed, then redo the block
-        exact = np.argmax(_row_hist(dist[short], bits).cumsum(axis=1) >= k, axis=1)
-        thresh[short] = exact.astype(dist.dtype)
-        flat, count = _within(dist, thresh)
+    if short.size:  # raise the threshold of the rows the guess missed; redo only those rows
+        pieces = np.split(flat, np.cumsum(count)[:-1])
+        for r in short:
+            t = int(thresh[r]) + 1
+            while np.count_nonzero(dist[r] <= t) < k:  # usually one step
+                t += 1
+            pieces[r] = np.flatnonzero(dist[r] <= t) + r * n
+            count[r] = len(pieces[r])
+        flat = np.concatenate(pieces)
     row = np.repeat(np.arange(b, dtype=np.uint16 if b < 2**16 else np.int64), count)
     return Candidates(flat, row, dist.ravel()[flat], count, n)
 

@@ -112,6 +112,26 @@ def _topk_stats(x: _Inputs, k: int, ties: str, want_ap: bool):
     return ap, hits
 
 
+def _ap_sums(rel: np.ndarray, inv_rank: np.ndarray, want_ap: bool):
+    """Per row of ``rel`` ``(b, k)``: relevant count and sum over relevant ranks p of
+    (relevant in the first p) / p, the AP numerator."""
+    b, k = rel.shape
+    if not want_ap:
+        return np.count_nonzero(rel, axis=1), None
+    if np.count_nonzero(rel) > 0.25 * rel.size:  # dense: a cumulative sum is cheaper
+        cum = np.cumsum(rel, axis=1, dtype=np.int32)
+        count = cum[:, -1].copy()
+        cum[~rel] = 0
+        return count, cum @ inv_rank
+    # Sparse: the j-th relevant item at rank p adds j / p.
+    flat = np.flatnonzero(rel)
+    rows = flat // k
+    ranks = flat - rows * k
+    count = np.bincount(rows, minlength=b)
+    j = np.arange(1, len(rows) + 1) - np.repeat(np.cumsum(count) - count, count)
+    return count, np.bincount(rows, weights=j * inv_rank[ranks], minlength=b)
+
+
 def _topk_chunk(x: _Inputs, chunk: slice, k: int, ties: str, want_ap: bool,
                 ap: np.ndarray, hits: np.ndarray) -> None:
     """Fill ``ap[chunk]`` and ``hits[chunk]`` block by block."""
@@ -124,14 +144,9 @@ def _topk_chunk(x: _Inputs, chunk: slice, k: int, ties: str, want_ap: bool,
             cols = top_k(c, k)
             rel = relevance(x.ql[sl], x.dl, cols)
             # AP numerator: the j-th relevant item at rank p adds j / p.
-            flat = np.flatnonzero(rel)
-            rows = flat // k
-            ranks = flat - rows * k
-            count = np.bincount(rows, minlength=len(cols))
+            count, num = _ap_sums(rel, inv_rank, want_ap)
             hits[sl] = count
             if want_ap:
-                j = np.arange(1, len(rows) + 1) - np.repeat(np.cumsum(count) - count, count)
-                num = np.bincount(rows, weights=j * inv_rank[ranks], minlength=len(cols))
                 ap[sl] = np.where(count > 0, num / np.maximum(count, 1), 0.0)
             continue
         # ties="expected": group sizes and relevant counts per distance from the candidates,
