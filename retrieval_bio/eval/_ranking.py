@@ -1,13 +1,14 @@
 """Fast exact top-k ranking by Hamming distance, the engine behind ``map_at_k``.
 
-With K-bit codes there are only K + 1 distances, so no general sort is needed. For a block of
-queries: XOR + popcount over codes packed into machine words gives every distance (uint8);
-a distance threshold t per query, estimated from a fixed subsample of the database so that
-at least k codes lie within it, keeps only the candidates with distance <= t; those are
-stably sorted on the small integer key (query, distance) -- numpy's stable sort of 16-bit keys
-is a radix sort -- and the first k per query are exactly the top k in (distance, index) order
-(every code outside the candidates is farther than every candidate). Rows where the estimate
-fell short are redone with their exact threshold from a full histogram.
+With K-bit codes there are only K + 1 distances, so no general sort of the database is needed.
+For a block of queries: XOR + popcount over codes packed into machine words gives every
+distance (uint8). A per-query distance threshold t, guessed from the distances to a fixed
+subsample of the database so that at least k codes lie within it, keeps only the candidates
+with distance <= t (rows where the guess falls short get t raised until it does not). Every
+other code is farther than every candidate, so the top k are the first k candidates after a
+stable sort on their uint8 distance (numpy's stable sort of small integers is a radix sort),
+and since candidates come in database order, that is (distance, index) order -- the order of
+a stable argsort of the whole row, and of FAISS's flat index.
 """
 
 from __future__ import annotations
