@@ -93,3 +93,10 @@ def classifier(digits):
     with single_thread():
         train(model, x, lambda out, idx: F.cross_entropy(out, y[idx]), epochs=4)
     return model
+
+
+@pytest.fixture(scope="session")
+def brute_map():
+    """:func:`brute_force_map` as a fixture (no ``import conftest``, which can clash with
+    other test folders' conftest modules)."""
+    return brute_force_map

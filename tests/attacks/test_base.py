@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from conftest import brute_force_map
 
 from retrieval_bio.attacks import ATTACKS, FGSM, HAG, PGD, SDHA, Square
 from retrieval_bio.models import binarize
@@ -53,15 +52,15 @@ def test_within_eps_ball_and_pixel_range(name, eps, models, digits):
 
 
 @pytest.mark.parametrize("name", HASH_ATTACKS)
-def test_eps_zero_gives_clean_images_and_map(name, models, digits):
+def test_eps_zero_gives_clean_images_and_map(name, models, digits, brute_map):
     model = models[name]
     x, y = digits.query.images, digits.query.labels
     adv = make(name, model, 0.0, digits, grad="model")(x, y)
     assert torch.equal(adv, x)
     db = binarize(model(digits.database.images).detach())
     with torch.no_grad():
-        clean = brute_force_map(binarize(model(x)), db, y, digits.database.labels)
-        attacked = brute_force_map(binarize(model(adv)), db, y, digits.database.labels)
+        clean = brute_map(binarize(model(x)), db, y, digits.database.labels)
+        attacked = brute_map(binarize(model(adv)), db, y, digits.database.labels)
     assert attacked == clean
 
 

@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from conftest import brute_force_map
 
 from retrieval_bio import rules
 from retrieval_bio.attacks import HAG, SDHA, hag_loss, theory_codes
@@ -14,7 +13,7 @@ from retrieval_bio.models import binarize
 
 
 @pytest.fixture(scope="module")
-def setup(hash_model, digits):
+def setup(hash_model, digits, brute_map):
     with torch.no_grad():
         db = binarize(hash_model(digits.database.images))
         train = binarize(hash_model(digits.train.images))
@@ -22,7 +21,7 @@ def setup(hash_model, digits):
     def evaluate(model, images):
         with torch.no_grad():
             codes = binarize(model(images))
-        return brute_force_map(codes, db, digits.query.labels, digits.database.labels)
+        return brute_map(codes, db, digits.query.labels, digits.database.labels)
 
     clean = evaluate(hash_model, digits.query.images)
     return evaluate, clean, train
