@@ -123,20 +123,24 @@ class Candidates:
     """The codes with distance <= a per-query threshold, for a block of b queries.
 
     ``flat``: positions in the flattened ``(b, N)`` block, row-major, so each row's candidates
-    are in ascending database index; ``row``: their block row; ``dist``: their distances;
+    are in ascending database index; ``dist``: their distances;
     ``count``: candidates per row, each >= k; ``n``: database size.
     """
 
     flat: np.ndarray
-    row: np.ndarray
     dist: np.ndarray
     count: np.ndarray
     n: int
 
     @property
+    def row(self) -> np.ndarray:
+        """Block row of each candidate."""
+        return np.repeat(np.arange(len(self.count), dtype=np.int64), self.count)
+
+    @property
     def col(self) -> np.ndarray:
         """Database index of each candidate."""
-        return self.flat - self.row.astype(np.int64) * self.n
+        return self.flat - self.row * self.n
 
 
 def candidates(dist: np.ndarray, k: int, sample: np.ndarray, bits: int) -> Candidates:
@@ -165,8 +169,7 @@ def candidates(dist: np.ndarray, k: int, sample: np.ndarray, bits: int) -> Candi
             pieces[r] = np.flatnonzero(dist[r] <= t) + r * n
             count[r] = len(pieces[r])
         flat = np.concatenate(pieces)
-    row = np.repeat(np.arange(b, dtype=np.uint16 if b < 2**16 else np.int64), count)
-    return Candidates(flat, row, dist.ravel()[flat], count, n)
+    return Candidates(flat, dist.ravel()[flat], count, n)
 
 
 def _within(dist: np.ndarray, thresh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -196,7 +199,7 @@ def top_k(c: Candidates, k: int) -> np.ndarray:
     for r in range(b):
         lo, hi = ends[r] - c.count[r], ends[r]
         order = np.argsort(c.dist[lo:hi], kind="stable")[:k]
-        np.subtract(c.flat[lo + order], r * c.n, out=out[r])
+        np.subtract(c.flat[lo:hi].take(order), r * c.n, out=out[r])
     return out
 
 

@@ -152,8 +152,9 @@ def _topk_chunk(x: _Inputs, chunk: slice, k: int, ties: str, want_ap: bool,
         # ties="expected": group sizes and relevant counts per distance from the candidates,
         # which hold every group up to the one straddling rank k.
         b = len(c.count)
-        rel = relevance(x.ql[sl][c.row], x.dl, c.col[:, None])[:, 0]
-        key = c.row.astype(np.int64) * (x.bits + 1) + c.dist
+        row = c.row
+        rel = relevance(x.ql[sl][row], x.dl, (c.flat - row * c.n)[:, None])[:, 0]
+        key = row * (x.bits + 1) + c.dist
         size = np.bincount(key, minlength=b * (x.bits + 1)).reshape(b, -1)
         nrel = np.bincount(key, weights=rel, minlength=b * (x.bits + 1)).reshape(b, -1)
         nrel = nrel.astype(np.int64)
