@@ -36,7 +36,7 @@ def _sync(device: torch.device) -> None:
 
 
 def bench(name: str, rounds: int, warmup: int, device: torch.device,
-          rule_names: list[str]) -> dict[str, tuple[float, float, float]]:
+          rule_names: list[str], clock=time.perf_counter) -> dict[str, tuple[float, float, float]]:
     size, batch, _ = CONFIGS[name]
     torch.manual_seed(0)
     base = create_model(name, "classify", num_classes=10).to(device)
@@ -54,12 +54,12 @@ def bench(name: str, rounds: int, warmup: int, device: torch.device,
     def step(rule: str) -> float:
         model, opt = variants[rule]
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = clock()
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         opt.step()
         _sync(device)
-        return time.perf_counter() - t0
+        return clock() - t0
 
     for _ in range(warmup):
         for rule in rule_names:
@@ -85,16 +85,23 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--rules", nargs="+", default=list(rules.RULES), choices=list(rules.RULES))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: this process's CPU time (less sensitive to other load on a "
+                        "shared machine; use with --threads 1, CPU device only)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     rounds = args.rounds or (3 if args.quick else 10)
     warmup = 1 if args.quick else 2
     rule_names = ["bp"] + [r for r in args.rules if r != "bp"]
     device = torch.device(args.device)
-    print(f"device={device} threads={torch.get_num_threads()} rounds={rounds} warmup={warmup}"
-          f" torch={torch.__version__}")
+    print(f"device={device} threads={torch.get_num_threads()} clock={args.clock} "
+          f"rounds={rounds} warmup={warmup} torch={torch.__version__}")
     for name in args.models:
         size, batch, target = CONFIGS[name]
-        res = bench(name, rounds, warmup, device, rule_names)
+        res = bench(name, rounds, warmup, device, rule_names, clock)
         print(f"\n{name} ({size} px, batch {batch}); target <= {target:.2f}x BP")
         print(f"  {'rule':6s} {'median s':>9s} {'ratio':>7s} {'paired':>7s}")
         for rule, (med, ratio, paired) in res.items():
