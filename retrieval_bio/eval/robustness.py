@@ -125,6 +125,7 @@ def sweep_hash(
         raise ValueError(f"{attack!r} is not a hashing attack ({', '.join(HASH_ATTACKS)})")
     from ..attacks import ATTACKS
 
+    _check_grads(grads)
     device = torch.device(device)
     progress = ensure(progress)
     kwargs = dict(attack_kwargs or {})
@@ -193,8 +194,10 @@ def sweep_classify(
         grads, same_grads = [NO_GRAD], False
         if steps is not None:
             kwargs["n_queries"] = steps
-    elif attack == "pgd" and steps is not None:
-        kwargs["steps"] = steps
+    else:
+        _check_grads(grads)
+        if attack == "pgd" and steps is not None:
+            kwargs["steps"] = steps
 
     def make(e: float, g: str):
         # Square accepts a grad argument only for uniformity; it is never used.
@@ -271,6 +274,15 @@ def _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, pro
                                                 l2[grads[0]], calls[grads[0]])
     return {"clean": clean_np, "labels": labels_t.numpy(), "outputs": outputs, "linf": linf,
             "l2": l2, "grad_calls": calls, "steps": steps, "notes": notes}
+
+
+def _check_grads(grads: Sequence[str]) -> None:
+    from ..attacks import GRAD_SOURCES
+
+    bad = [g for g in grads if g not in GRAD_SOURCES]
+    if bad or not grads:
+        raise ValueError(f"grad must be one of {', '.join(GRAD_SOURCES)}; got "
+                         f"{', '.join(grads) or 'nothing'}")
 
 
 def _steps_of(attack: Any) -> int:

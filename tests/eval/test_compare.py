@@ -1,0 +1,118 @@
+"""compare_runs gathers the attack reports of several real (tiny) runs per attack: every
+value in compare.json and in the table is the one in the run's own attack-*.json."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from retrieval_bio.config import RunConfig
+from retrieval_bio.eval.compare import compare_rows, compare_runs, load_reports, run_labels
+from retrieval_bio.eval.robustness import attack_run
+from retrieval_bio.train import train_run
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny_run(tmp_path_factory, task: str, rule: str) -> Path:
+    """A 1-epoch small-cnn fine-tune on 8-px digits, trained once per test session (cached in
+    the session's base temp folder; same recipe as tests/eval/test_robustness.py)."""
+    out = tmp_path_factory.getbasetemp() / "tiny-runs" / f"{task}-{rule}"
+    done = out / "metrics.json"
+    if not (done.is_file() and ("map@k" in done.read_text() or "test_accuracy" in
+                                done.read_text())):
+        shutil.rmtree(out, ignore_errors=True)
+        train_run(RunConfig(stage="finetune", task=task, rule=rule, backbone="small-cnn",
+                            dataset="digits", image_size=8, bits=16, epochs=1, batch_size=64,
+                            lr_backbone=3e-3, lr_head=3e-3, device="cpu", out=str(out)))
+    return out
+
+
+def isolated(run: Path, dest: Path) -> Path:
+    """A copy of the run folder without its attack reports (other tests write theirs)."""
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("attack-*"))
+    return dest
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def attacked(tmp_path_factory):
+    """BP and frSF hash runs attacked with HAG, and a BP classifier attacked with FGSM."""
+    base = tmp_path_factory.mktemp("compare-runs")
+    bp = isolated(tiny_run(tmp_path_factory, "hash", "bp"), base / "bp")
+    frsf = isolated(tiny_run(tmp_path_factory, "hash", "frsf"), base / "frsf")
+    cls = isolated(tiny_run(tmp_path_factory, "classify", "bp"), base / "cls")
+    kw = dict(max_queries=30, device="cpu", plot=False)
+    attack_run(bp, "hag", [0.0, 0.05, 0.3], **kw)
+    attack_run(frsf, "hag", [0.05, 0.3, 0.5], **kw)  # a different ε grid on purpose
+    attack_run(cls, "fgsm", [0.0, 0.1], **kw)
+    return bp, frsf, cls
+
+
+def test_compare_two_hash_runs(attacked, tmp_path):
+    bp, frsf, _ = attacked
+    out = tmp_path / "cmp"
+    result = compare_runs([bp, frsf], out)
+    written = json.loads((out / "compare.json").read_text())
+    assert written == result
+    assert [r["label"] for r in result["runs"]] == ["bp", "frsf"]
+    entry = result["attacks"]["hag"]
+    assert set(result["attacks"]) == {"hag"}
+    assert entry["metric"] == "map" and entry["eps"] == [0.0, 0.05, 0.3, 0.5]
+    # Every number is the run's own report (the oracle: the JSON attack_run wrote).
+    for label, run in (("bp", bp), ("frsf", frsf)):
+        rep = json.loads((run / "attack-hag.json").read_text())
+        got = entry["runs"][label]
+        assert got["values"] == rep["map"] and got["eps"] == rep["eps"]
+        assert got["clean"] == rep["clean_map"] and got["theory"] == rep["theory_map"]
+    header, rows = compare_rows(entry)
+    assert header == ["ε", "bp exact", "bp model", "frsf exact", "frsf model"]
+    by_eps = {r[0]: r[1:] for r in rows}
+    assert list(by_eps) == ["clean", "0", "0.05", "0.3", "0.5", "theory"]
+    frsf_rep = json.loads((frsf / "attack-hag.json").read_text())
+    bp_rep = json.loads((bp / "attack-hag.json").read_text())
+    assert by_eps["0.3"] == [bp_rep["map"]["exact"][2], bp_rep["map"]["model"][2],
+                             frsf_rep["map"]["exact"][1], frsf_rep["map"]["model"][1]]
+    assert by_eps["0"][2:] == [None, None]  # frSF was not attacked at ε = 0
+    assert by_eps["0.5"][:2] == [None, None]
+    png = out / result["plots"]["hag"]
+    assert png.name == "compare-hag.png" and png.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_compare_mixes_classification_runs(attacked, tmp_path):
+    bp, _, cls = attacked
+    result = compare_runs([bp, cls], tmp_path / "mixed")
+    assert set(result["attacks"]) == {"hag", "fgsm"}
+    fgsm = result["attacks"]["fgsm"]
+    rep = json.loads((cls / "attack-fgsm.json").read_text())
+    assert fgsm["metric"] == "accuracy"
+    assert [r["label"] for r in result["runs"]] == ["bp:bp", "bp:cls"]  # same rule twice
+    assert fgsm["runs"]["bp:cls"]["values"] == rep["accuracy"]
+    assert fgsm["runs"]["bp:cls"]["clean"] == rep["clean_accuracy"]
+    _, rows = compare_rows(fgsm)
+    assert rows[0][0] == "clean" and rows[-1][0] != "theory"  # no theory bound for classifiers
+    assert (tmp_path / "mixed" / "compare-fgsm.png").is_file()
+
+
+def test_errors_and_labels(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "attack-bad.json").write_text("{not json")
+    assert load_reports(empty) == {}
+    with pytest.raises(ValueError, match="no attack"):
+        compare_runs([empty], tmp_path / "out")
+    with pytest.raises(FileNotFoundError):
+        compare_runs([tmp_path / "missing"], tmp_path / "out")
+    assert run_labels(["a/x", "b/y", "c/z"], ["bp", "bp", "frsf"]) == ["bp:x", "bp:y", "frsf"]
+    assert run_labels(["a/x", "b/x"], ["bp", "bp"]) == ["bp:x#0", "bp:x#1"]

@@ -1,0 +1,110 @@
+"""CLI smoke tests of 'retrieval-bio attack' and 'retrieval-bio compare' on tiny real runs:
+exit codes, the table's rows, the files written, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from retrieval_bio.cli import app
+from retrieval_bio.config import RunConfig
+from retrieval_bio.train import train_run
+
+runner = CliRunner()
+
+
+def tiny_run(tmp_path_factory, task: str, rule: str) -> Path:
+    """A 1-epoch small-cnn fine-tune on 8-px digits, trained once per test session (cached in
+    the session's base temp folder; same recipe as tests/eval/test_robustness.py)."""
+    out = tmp_path_factory.getbasetemp() / "tiny-runs" / f"{task}-{rule}"
+    done = out / "metrics.json"
+    if not (done.is_file() and ("map@k" in done.read_text() or "test_accuracy" in
+                                done.read_text())):
+        shutil.rmtree(out, ignore_errors=True)
+        train_run(RunConfig(stage="finetune", task=task, rule=rule, backbone="small-cnn",
+                            dataset="digits", image_size=8, bits=16, epochs=1, batch_size=64,
+                            lr_backbone=3e-3, lr_head=3e-3, device="cpu", out=str(out)))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli-runs")
+    ignore = shutil.ignore_patterns("attack-*")
+    out = {}
+    for task, rule in (("hash", "frsf"), ("hash", "bp"), ("classify", "bp")):
+        out[f"{task}-{rule}"] = Path(shutil.copytree(tiny_run(tmp_path_factory, task, rule),
+                                                     base / f"{task}-{rule}", ignore=ignore))
+    return out
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result, result.output
+
+
+def test_attack_hag_prints_table_and_writes_files(runs):
+    run = runs["hash-frsf"]
+    result, out = invoke("attack", "hag", run, "--eps", "0,0.1", "--steps", "3",
+                         "--max-queries", "20", "--device", "cpu", "--seed", "1")
+    assert result.exit_code == 0, out
+    for text in ("map (exact)", "map (model)", "clean", "theory", "0.1", "written:"):
+        assert text in out
+    rep = json.loads((run / "attack-hag.json").read_text())
+    assert rep["eps"] == [0.0, 0.1] and rep["steps"] == 3 and rep["seed"] == 1
+    assert rep["num_queries"] == 20 and rep["grad"] == ["exact", "model"]
+    assert (run / "attack-hag.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_attack_classifier_default_eps_and_single_grad(runs):
+    run = runs["classify-bp"]
+    result, out = invoke("attack", "fgsm", run, "--grad", "model", "--max-queries", "20",
+                         "--device", "cpu")
+    assert result.exit_code == 0, out
+    rep = json.loads((run / "attack-fgsm.json").read_text())
+    assert rep["eps"] == [0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5]  # SPEC §8's list
+    assert rep["grad"] == ["model"] and "accuracy (model)" in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("attack", "fgsm", "{hash}", "--device", "cpu"), "hash run"),
+    (("attack", "hag", "{hash}", "--eps", "0.1,abc"), "comma-separated"),
+    (("attack", "hag", "{hash}", "--grad", "backprop", "--eps", "0.1",
+      "--max-queries", "4", "--device", "cpu"), "grad must be one of"),
+    (("attack", "hag", "{missing}", "--device", "cpu"), "not a run folder"),
+])
+def test_attack_errors(runs, tmp_path, args, message):
+    args = [a.format(hash=runs["hash-frsf"], missing=tmp_path / "nope") for a in args]
+    result, out = invoke(*args)
+    assert result.exit_code == 2
+    assert message in " ".join(out.split())
+
+
+def test_compare_two_runs(runs, tmp_path):
+    for name in ("hash-frsf", "hash-bp"):
+        result, out = invoke("attack", "sdha", runs[name], "--eps", "0.05", "--steps", "2",
+                             "--max-queries", "10", "--device", "cpu")
+        assert result.exit_code == 0, out
+    out_dir = tmp_path / "cmp"
+    result, out = invoke("compare", runs["hash-frsf"], runs["hash-bp"], "--out", out_dir)
+    assert result.exit_code == 0, out
+    for text in ("sdha: map", "frsf exact", "frsf model", "bp exact", "bp model"):
+        assert text in out
+    cmp = json.loads((out_dir / "compare.json").read_text())
+    assert set(cmp["attacks"]["sdha"]["runs"]) == {"frsf", "bp"}
+    assert (out_dir / "compare-sdha.png").is_file()
+    result, out = invoke("compare", tmp_path)  # no reports there
+    assert result.exit_code == 2 and "no attack" in out
