@@ -113,8 +113,8 @@ def attack_plot(path: str | Path, report: Mapping[str, Any]) -> Path:
     metric = report["metric"]
     eps = report["eps"]
     series, styles = {}, {}
-    for g in report["grad"]:
-        label = "gradient-free" if g == "none" else f"{g} gradient"
+    for g, shown in _distinct(report):
+        label = "gradient-free" if g == "none" else f"{shown} gradient"
         series[label] = (eps, report[metric][g])
         styles[label] = {"linestyle": _GRAD_STYLE.get(g, "-"), "marker": _MARKERS.get(g, "o")}
     hlines = {"clean": (report[f"clean_{metric}"], {"color": "0.4", "linestyle": "--"})}
@@ -144,8 +144,8 @@ def compare_plot(
         metric = rep["metric"]
         colour = cycle[i % len(cycle)]
         eps_all.update(rep["eps"])
-        for g in rep["grad"]:
-            name = f"{label} ({'gradient-free' if g == 'none' else g})"
+        for g, shown in _distinct(rep):
+            name = f"{label} ({'gradient-free' if g == 'none' else shown})"
             series[name] = (rep["eps"], rep[metric][g])
             styles[name] = {"color": colour, "linestyle": _GRAD_STYLE.get(g, "-"),
                             "marker": _MARKERS.get(g, "o")}
@@ -156,6 +156,17 @@ def compare_plot(
     return line_plot(path, series, "ε (L∞, pixels in [0, 1])", _ylabel(first), title,
                      logx=True, styles=styles, hlines=hlines, xticks=eps, ylim=(-0.02, 1.02),
                      note=_zero_note(eps))
+
+
+def _distinct(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(source, legend name)`` per line to draw: sources with identical values (BP: exact
+    and model are one computation) share one line named ``"exact = model"``, so no line
+    hides under another."""
+    values = report[report["metric"]]
+    groups: dict[tuple, list[str]] = {}
+    for g in report["grad"]:
+        groups.setdefault(tuple(values[g]), []).append(g)
+    return [(gs[0], " = ".join(gs)) for gs in groups.values()]
 
 
 def _zero_note(eps: Sequence[float]) -> str | None:

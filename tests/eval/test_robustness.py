@@ -189,3 +189,14 @@ def test_defaults_and_subsample():
     assert list(subsample(data, 10, seed=1)) == list(sub)
     assert list(subsample(data, 10, seed=2)) != list(sub)
     assert subsample(data, None, 0) is data and subsample(data, 99, 0) is data
+
+
+def test_line_plot_handles_eps_zero_and_checks_lengths(tmp_path):
+    from retrieval_bio.eval.plots import line_plot
+
+    path = line_plot(tmp_path / "sub" / "p.png", {"a": ([0, 0.01, 0.1], [1.0, 0.5, 0.1])},
+                     "ε", "y", "t", logx=True, hlines={"clean": (1.0, {})}, note="n")
+    assert_png(path)
+    with pytest.raises(ValueError, match="2 y values"):
+        line_plot(tmp_path / "q.png", {"a": ([0, 1, 2], [1, 2])}, "x", "y", "t")
+    assert not (tmp_path / "q.png").exists()
