@@ -191,8 +191,8 @@ def evaluate(
     PR curve for hashing runs; test accuracy for classification runs. Merged into
     metrics.json."""
     from .runs import RunFolderError
-    from .train import evaluate_run
     from .ui import RichProgress, console, print_table
+    from .workflows import evaluate_run
 
     try:
         report = evaluate_run(run, k=k, radius=radius, device=device, progress=RichProgress())
@@ -240,9 +240,10 @@ def attack_cmd(
     """Attack a run's model over an ε sweep with each gradient source: adversarial mAP@k
     (hash: adversarial queries vs the clean database, with clean and theory levels) or
     robust accuracy (classify). Writes attack-NAME.json and attack-NAME.png into the run."""
-    from .eval.robustness import attack_run, report_paths, report_rows
+    from .eval.robustness import report_paths, report_rows
     from .runs import RunFolderError
     from .ui import RichProgress, console, print_table
+    from .workflows import attack_run
 
     grads = [g.strip() for g in grad.split(",") if g.strip()]
     try:

@@ -20,12 +20,12 @@ from .config import RunConfig
 from .eval import precision_at_k
 from .eval.compare import compare_runs
 from .eval.report import CODES, load_codes
-from .eval.robustness import attack_run
 from .index import HammingIndex
 from .progress import Progress
 from .runs import CONFIG, read_json
-from .train import evaluate_run, train_run
+from .train import train_run
 from .train.pipeline import INDEX
+from .workflows import attack_run, evaluate_run
 
 log = logging.getLogger(__name__)
 

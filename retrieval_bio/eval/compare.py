@@ -1,7 +1,7 @@
 """Compare runs under the same attacks: the figure and table of seed 001 §6.2 (e.g. BP vs
 frSF vs uSF, exact-gradient lines beside model-gradient ones).
 
-Reads the ``attack-<name>.json`` reports that :func:`retrieval_bio.eval.robustness.attack_run`
+Reads the ``attack-<name>.json`` reports that :func:`retrieval_bio.workflows.attack_run`
 wrote into each run folder; nothing is recomputed.
 
 ``compare.json`` schema::

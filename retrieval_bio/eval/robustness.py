@@ -5,7 +5,7 @@ report what happens to retrieval (mAP@k) or classification (accuracy). SPEC §7,
 Two levels:
 
 * :func:`sweep_hash` / :func:`sweep_classify` take a model and datasets (no run folder);
-* :func:`attack_run` loads a run folder (``retrieval_bio.train.load_run``), sweeps, and writes
+* :func:`retrieval_bio.workflows.attack_run` loads a run folder, sweeps, and writes
   ``attack-<name>.json`` and ``attack-<name>.png`` into it.
 
 Report schema (``attack-<name>.json``; lists are indexed like ``eps``)::
@@ -310,80 +310,6 @@ def subsample(dataset: Dataset, max_items: int | None, seed: int) -> Dataset:
 
 
 # -- a run folder -------------------------------------------------------------------------
-
-
-def attack_run(
-    run_dir: str | Path, attack: str, eps: Sequence[float] | None = None, *,
-    grads: Sequence[str] = ("exact", "model"), steps: int | None = None,
-    preset: str | None = None, max_queries: int | None = None,
-    batch_size: int = DEFAULT_BATCH, device: str = "auto", seed: int = 0,
-    attack_kwargs: dict[str, Any] | None = None, plot: bool = True,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Attack the trained model of a run folder and write ``attack-<name>.json`` (and, with
-    ``plot``, ``attack-<name>.png``) into it.
-
-    Hashing runs take ``hag``/``sdha``, classification runs ``fgsm``/``pgd``/``square``. The
-    queries are the run's query split (``max_queries``: a seeded subsample of that many);
-    hashing attacks are scored against the run's database split, encoded afresh with the
-    loaded model so that clean and adversarial codes come from the same computation.
-
-    Args:
-        run_dir: a finished run folder (``config.yaml`` + ``best.pt``).
-        attack: attack name.
-        eps: L∞ budgets in [0, 1] pixels; ``None``: :func:`default_eps`.
-        grads: gradient sources; for a BP run they coincide and are computed once.
-        steps, preset: see :func:`sweep_hash` / :func:`sweep_classify`; ``preset`` is for
-            hashing attacks only.
-        max_queries: attack only this many queries (seeded by ``seed``).
-        batch_size: attack batch size (results do not depend on it for HAG/SDHA, whose loss
-            is normalised by a fixed reference batch).
-        device: ``"auto"`` | ``"cpu"`` | ``"cuda"`` | ``"mps"``.
-        seed: the attack's seed and the query subsample's.
-
-    Returns:
-        The report (module docstring), as written to the JSON file.
-    """
-    # Loading a run needs the training pipeline; imported here so that the sweeps above
-    # (model + datasets) stay usable without it.
-    from ..runs import atomic_write_json
-    from ..train import load_run, resolve_device
-    from ..train.pipeline import retrieval_k
-
-    task = attack_task(attack)
-    if preset is not None and task != "hash":
-        raise ValueError(f"--preset applies to hashing attacks (hag, sdha), not {attack!r}")
-    eps = default_eps(attack, preset) if eps is None else [float(e) for e in eps]
-    if any(e < 0 for e in eps):
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    dev = resolve_device(device)
-    t0 = time.perf_counter()
-    cfg, model, splits = load_run(run_dir, device=dev)
-    if cfg.task != task:
-        raise ValueError(
-            f"{attack!r} attacks {task} models but {run_dir} is a {cfg.task} run; use "
-            f"{' | '.join(HASH_ATTACKS if cfg.task == 'hash' else CLASSIFY_ATTACKS)}"
-        )
-    queries = subsample(splits.query, max_queries, seed)
-    common = dict(grads=grads, same_grads=cfg.rule == "bp", steps=steps,
-                  batch_size=batch_size, device=dev, seed=seed, attack_kwargs=attack_kwargs,
-                  progress=progress)
-    if task == "hash":
-        report = sweep_hash(model, attack, eps, queries=queries, database=splits.database,
-                            train=splits.train, k=retrieval_k(cfg, splits), preset=preset,
-                            **common)
-    else:
-        report = sweep_classify(model, attack, eps, queries=queries, **common)
-    report.update(rule=cfg.rule, seed=int(seed), dataset=cfg.dataset, backbone=cfg.backbone,
-                  bits=cfg.bits if task == "hash" else None, run=str(Path(run_dir)),
-                  device=str(dev), time_s=round(time.perf_counter() - t0, 2))
-    json_path, png_path = report_paths(run_dir, attack)
-    atomic_write_json(json_path, report)
-    if plot:
-        from .plots import attack_plot
-
-        attack_plot(png_path, report)
-    return report
 
 
 def report_rows(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:

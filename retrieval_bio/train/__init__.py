@@ -4,7 +4,6 @@ from .devices import resolve_device, seed_everything
 from .pipeline import (
     RunResult,
     build_model,
-    evaluate_run,
     load_init,
     load_run,
     load_splits,
@@ -13,7 +12,7 @@ from .pipeline import (
 from .trainer import NonFiniteLossError, Trainer, TrainerState
 
 __all__ = [
-    "NonFiniteLossError", "RunResult", "Trainer", "TrainerState", "build_model", "evaluate_run",
+    "NonFiniteLossError", "RunResult", "Trainer", "TrainerState", "build_model",
     "load_init",
     "load_run", "load_splits", "resolve_device", "seed_everything", "train_run",
 ]

@@ -12,8 +12,8 @@ import torch
 
 from retrieval_bio.config import RunConfig
 from retrieval_bio.eval.compare import compare_rows, compare_runs, load_reports, run_labels
-from retrieval_bio.eval.robustness import attack_run
 from retrieval_bio.train import train_run
+from retrieval_bio.workflows import attack_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

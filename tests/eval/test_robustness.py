@@ -14,13 +14,13 @@ import torch
 
 from retrieval_bio.config import RunConfig
 from retrieval_bio.eval.robustness import (
-    attack_run,
     default_eps,
     report_paths,
     report_rows,
     subsample,
 )
 from retrieval_bio.train import train_run
+from retrieval_bio.workflows import attack_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HASH_KEYS = {"attack", "task", "metric", "grad", "eps", "map", "clean_map", "theory_map", "k",

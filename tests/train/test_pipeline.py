@@ -17,7 +17,8 @@ from retrieval_bio.config import RunConfig
 from retrieval_bio.eval import map_at_k
 from retrieval_bio.eval.report import load_codes
 from retrieval_bio.runs import CHECKPOINT, RunFolderError, load_checkpoint, read_json
-from retrieval_bio.train import evaluate_run, load_run, train_run
+from retrieval_bio.train import load_run, train_run
+from retrieval_bio.workflows import evaluate_run
 
 SIZE = 16  # digits are 8x8; 16 px keeps these runs to seconds
 
