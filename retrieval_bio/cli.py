@@ -297,7 +297,7 @@ def demo(
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps."),
     seed: int = typer.Option(0, help="Seed of every random choice."),
 ) -> None:
-    """End to end on the bundled digits (about 2 minutes on 2 CPU cores): BP pre-training,
+    """End to end on the bundled digits (about 30 s on 2 idle CPU cores): BP pre-training,
     BP and frSF hashing fine-tunes, FAISS index, mAP@k, HAG and SDHA with exact and model
     gradients, and the comparison table. Re-running reuses finished training stages."""
     from .demo import DemoSettings, run_demo

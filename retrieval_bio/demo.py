@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DemoSettings:
-    """Sizes of the demo; the defaults finish in about two minutes on 2 CPU cores."""
+    """Sizes of the demo; the defaults finish in about 30 s on 2 idle CPU cores."""
 
     backbone: str = "small-cnn"
     image_size: int = 16  # digits are 8x8 px; 16 px keeps the demo fast

@@ -8,45 +8,23 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from retrieval_bio.cli import app
-from retrieval_bio.config import RunConfig
-from retrieval_bio.train import train_run
 
 runner = CliRunner()
 
 
-def tiny_run(tmp_path_factory, task: str, rule: str) -> Path:
-    """A 1-epoch small-cnn fine-tune on 8-px digits, trained once per test session (cached in
-    the session's base temp folder; same recipe as tests/eval/test_robustness.py)."""
-    out = tmp_path_factory.getbasetemp() / "tiny-runs" / f"{task}-{rule}"
-    done = out / "metrics.json"
-    if not (done.is_file() and ("map@k" in done.read_text() or "test_accuracy" in
-                                done.read_text())):
-        shutil.rmtree(out, ignore_errors=True)
-        train_run(RunConfig(stage="finetune", task=task, rule=rule, backbone="small-cnn",
-                            dataset="digits", image_size=8, bits=16, epochs=1, batch_size=64,
-                            lr_backbone=3e-3, lr_head=3e-3, device="cpu", out=str(out)))
-    return out
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, tiny_run):
     base = tmp_path_factory.mktemp("cli-runs")
     ignore = shutil.ignore_patterns("attack-*")
     out = {}
     for task, rule in (("hash", "frsf"), ("hash", "bp"), ("classify", "bp")):
-        out[f"{task}-{rule}"] = Path(shutil.copytree(tiny_run(tmp_path_factory, task, rule),
+        out[f"{task}-{rule}"] = Path(shutil.copytree(tiny_run(task, rule),
                                                      base / f"{task}-{rule}", ignore=ignore))
     return out
 

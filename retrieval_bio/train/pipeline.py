@@ -99,7 +99,7 @@ def build_objective(cfg: RunConfig, splits: DatasetSplits) -> nn.Module:
     name = "hyp2" if cfg.task == "hash" else "cross-entropy"
     kwargs: dict[str, Any] = {"num_classes": splits.num_classes, "bits": cfg.bits}
     if name == "hyp2":
-        kwargs["proxy_lr_mult"] = cfg.proxy_lr_mult
+        kwargs.update(proxy_lr_mult=cfg.proxy_lr_mult, seed=cfg.seed)
     return LOSSES.get(name)(**kwargs)
 
 

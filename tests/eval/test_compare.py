@@ -4,55 +4,23 @@ value in compare.json and in the table is the one in the run's own attack-*.json
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
-import torch
+from helpers import PNG_SIGNATURE, copy_run
 
-from retrieval_bio.config import RunConfig
 from retrieval_bio.eval.compare import compare_rows, compare_runs, load_reports, run_labels
-from retrieval_bio.train import train_run
 from retrieval_bio.workflows import attack_run
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def tiny_run(tmp_path_factory, task: str, rule: str) -> Path:
-    """A 1-epoch small-cnn fine-tune on 8-px digits, trained once per test session (cached in
-    the session's base temp folder; same recipe as tests/eval/test_robustness.py)."""
-    out = tmp_path_factory.getbasetemp() / "tiny-runs" / f"{task}-{rule}"
-    done = out / "metrics.json"
-    if not (done.is_file() and ("map@k" in done.read_text() or "test_accuracy" in
-                                done.read_text())):
-        shutil.rmtree(out, ignore_errors=True)
-        train_run(RunConfig(stage="finetune", task=task, rule=rule, backbone="small-cnn",
-                            dataset="digits", image_size=8, bits=16, epochs=1, batch_size=64,
-                            lr_backbone=3e-3, lr_head=3e-3, device="cpu", out=str(out)))
-    return out
-
-
-def isolated(run: Path, dest: Path) -> Path:
-    """A copy of the run folder without its attack reports (other tests write theirs)."""
-    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("attack-*"))
-    return dest
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def attacked(tmp_path_factory):
+def attacked(tmp_path_factory, tiny_run):
     """BP and frSF hash runs attacked with HAG, and a BP classifier attacked with FGSM."""
     base = tmp_path_factory.mktemp("compare-runs")
-    bp = isolated(tiny_run(tmp_path_factory, "hash", "bp"), base / "bp")
-    frsf = isolated(tiny_run(tmp_path_factory, "hash", "frsf"), base / "frsf")
-    cls = isolated(tiny_run(tmp_path_factory, "classify", "bp"), base / "cls")
+    bp = copy_run(tiny_run("hash", "bp"), base / "bp")
+    frsf = copy_run(tiny_run("hash", "frsf"), base / "frsf")
+    cls = copy_run(tiny_run("classify", "bp"), base / "cls")
     kw = dict(max_queries=30, device="cpu", plot=False)
     attack_run(bp, "hag", [0.0, 0.05, 0.3], **kw)
     attack_run(frsf, "hag", [0.05, 0.3, 0.5], **kw)  # a different ε grid on purpose

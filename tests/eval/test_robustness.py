@@ -5,24 +5,20 @@ JSON and PNG are what the docs say, BP computes one gradient source, runs are de
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from helpers import PNG_SIGNATURE
 
-from retrieval_bio.config import RunConfig
 from retrieval_bio.eval.robustness import (
     default_eps,
     report_paths,
     report_rows,
     subsample,
 )
-from retrieval_bio.train import train_run
 from retrieval_bio.workflows import attack_run
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HASH_KEYS = {"attack", "task", "metric", "grad", "eps", "map", "clean_map", "theory_map", "k",
              "linf", "l2", "grad_calls", "steps", "preset", "rule", "seed", "num_queries",
              "notes"}
@@ -30,36 +26,17 @@ CLASSIFY_KEYS = {"attack", "task", "metric", "grad", "eps", "accuracy", "clean_a
                  "linf", "l2", "grad_calls", "steps", "rule", "seed", "num_queries", "notes"}
 
 
-def tiny_run(tmp_path_factory, task: str, rule: str) -> Path:
-    """A 1-epoch small-cnn fine-tune on 8-px digits, trained once per test session (cached in
-    the session's base temp folder, so other test modules reuse it)."""
-    out = tmp_path_factory.getbasetemp() / "tiny-runs" / f"{task}-{rule}"
-    done = out / "metrics.json"
-    if not (done.is_file() and ("map@k" in done.read_text() or "test_accuracy" in
-                                done.read_text())):
-        shutil.rmtree(out, ignore_errors=True)
-        train_run(RunConfig(stage="finetune", task=task, rule=rule, backbone="small-cnn",
-                            dataset="digits", image_size=8, bits=16, epochs=1, batch_size=64,
-                            lr_backbone=3e-3, lr_head=3e-3, device="cpu", out=str(out)))
-    return out
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest and fair to other jobs
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def hash_frsf(tmp_path_factory):
-    return tiny_run(tmp_path_factory, "hash", "frsf")
+def hash_frsf(tiny_run):
+    return tiny_run("hash", "frsf")
 
 
 @pytest.fixture(scope="module")
-def classify_bp(tmp_path_factory):
-    return tiny_run(tmp_path_factory, "classify", "bp")
+def classify_bp(tiny_run):
+    return tiny_run("classify", "bp")
 
 
 @pytest.fixture(scope="module")

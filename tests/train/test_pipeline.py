@@ -3,12 +3,10 @@ every rule, hashing with HyP², exact resume of a rule-converted run, the CLI.""
 
 from __future__ import annotations
 
-import os
-import signal
-
 import numpy as np
 import pytest
 import torch
+from helpers import CtrlCAt
 from typer.testing import CliRunner
 
 from retrieval_bio import rules
@@ -89,16 +87,6 @@ def test_hash_finetune_writes_codes_that_beat_random(pretrained, tmp_path):
     assert np.array_equal(model.codes(x).numpy(), codes["query_codes"][:8])
 
 
-class _CtrlC:
-    def __init__(self, n):
-        self.n, self.calls = n, 0
-
-    def __call__(self, model, opt):
-        self.calls += 1
-        if self.calls == self.n:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 def test_brsf_run_resumes_to_the_same_weights(pretrained, tmp_path, monkeypatch):
     """brSF redraws M after every step, so this also checks that M's state is restored."""
     kw = dict(rule="brsf", epochs=2, init=str(pretrained.run_dir))
@@ -106,7 +94,7 @@ def test_brsf_run_resumes_to_the_same_weights(pretrained, tmp_path, monkeypatch)
 
     import retrieval_bio.train.pipeline as pipeline
 
-    hook = _CtrlC(40)  # 31 steps per epoch: mid second epoch
+    hook = CtrlCAt(40)  # 31 steps per epoch: mid second epoch
     real = rules.on_optimizer_step
     monkeypatch.setattr(pipeline.rules, "on_optimizer_step",
                         lambda m: (real(m), hook(m, None)))

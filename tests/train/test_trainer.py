@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
 import torch
 import torch.nn as nn
+from helpers import CtrlCAt
 
 from retrieval_bio.datasets import TensorSplit
 from retrieval_bio.runs import CHECKPOINT, atomic_torch_save, load_checkpoint
@@ -39,18 +37,6 @@ def _trainer(model, run_dir, epochs=3, hooks=()):
                    step_hooks=hooks)
 
 
-class _CtrlCAt:
-    """Send this process a real SIGINT (what Ctrl-C sends) during the n-th step."""
-
-    def __init__(self, n):
-        self.n, self.calls = n, 0
-
-    def __call__(self, model, opt):
-        self.calls += 1
-        if self.calls == self.n:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 @pytest.mark.parametrize("stop_after", [6, 8, 13])  # epoch end, mid-epoch, mid-epoch 3
 def test_resume_after_interrupt_matches_uninterrupted(tmp_path, stop_after):
     ref = _model()
@@ -58,7 +44,7 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, stop_after):
 
     model = _model()
     with pytest.raises(KeyboardInterrupt):
-        _trainer(model, tmp_path / "run", hooks=[_CtrlCAt(stop_after)]).fit()
+        _trainer(model, tmp_path / "run", hooks=[CtrlCAt(stop_after)]).fit()
     assert load_checkpoint(tmp_path / "run" / CHECKPOINT)["global_step"] == stop_after
 
     resumed = _model()  # a fresh process would start from scratch weights
