@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from ..progress import Progress
 from .base import ATTACKS, Attack, resolve_preset
-from .relaxed import alpha_at
+from .relaxed import optimise_relaxed
 
 PRESETS = {"paper": {"steps": 5}, "reference": {"eps": 8 / 255, "steps": 2000}}
 
@@ -106,20 +106,8 @@ class HAG(Attack):
         h_clean = torch.tanh(self.predict(images))
         x_adv = images.clone()
         opt = torch.optim.SGD([x_adv], lr=self.lr, momentum=self.momentum)
-        progress.start("HAG", self.steps)
-        for i in range(self.steps):
-            alpha = alpha_at(i, self.steps)
 
-            def loss_fn(out: torch.Tensor, _x: torch.Tensor, alpha: float = alpha) -> torch.Tensor:
-                h_adv = torch.tanh(alpha * out)
-                per_query = hag_loss(h_adv, h_clean, self.t, self.beta, reduction="none")
-                return per_query.sum() / self.ref_batch
+        def per_query(h_adv: torch.Tensor, _x: torch.Tensor) -> torch.Tensor:
+            return hag_loss(h_adv, h_clean, self.t, self.beta, reduction="none")
 
-            _, x_adv.grad = self.input_grad(x_adv, loss_fn)
-            opt.step()
-            with torch.no_grad():
-                x_adv.copy_(self.project(x_adv, images))
-            progress.advance()
-        progress.stop()
-        x_adv.grad = None
-        return x_adv
+        return optimise_relaxed(self, images, opt, x_adv, per_query, progress, "HAG")

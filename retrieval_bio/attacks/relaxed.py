@@ -12,10 +12,13 @@ reached when steps >= 10.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 
 from ..models import binarize
+from ..progress import Progress
 
 ALPHA_SCHEDULE = (0.1, 0.1, 0.1, 0.1, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
@@ -49,3 +52,29 @@ def theory_codes(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     finally:
         for m, training in modes:
             m.train(training)
+
+
+def optimise_relaxed(
+    attack, images: torch.Tensor, optimizer: torch.optim.Optimizer,
+    x_adv: torch.Tensor, per_query_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    progress: Progress, name: str,
+) -> torch.Tensor:
+    """The loop HAG and SDHA share: ``attack.steps`` iterations of ``optimizer`` on ``x_adv``
+    minimising ``sum(per_query_loss(h', x')) / attack.ref_batch`` with h' = tanh(α·f(x')) on
+    the α schedule, projecting onto the ε-ball and [0, 1] after every step. One forward and
+    one input-gradient backward per iteration (``attack.input_grad``)."""
+    progress.start(name, attack.steps)
+    for i in range(attack.steps):
+        alpha = alpha_at(i, attack.steps)
+
+        def loss_fn(out: torch.Tensor, x: torch.Tensor, alpha: float = alpha) -> torch.Tensor:
+            return per_query_loss(torch.tanh(alpha * out), x).sum() / attack.ref_batch
+
+        _, x_adv.grad = attack.input_grad(x_adv, loss_fn)
+        optimizer.step()
+        with torch.no_grad():
+            x_adv.copy_(attack.project(x_adv, images))
+        progress.advance()
+    progress.stop()
+    x_adv.grad = None
+    return x_adv

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from ..progress import Progress
 from .base import ATTACKS, Attack, resolve_preset
-from .relaxed import alpha_at
+from .relaxed import optimise_relaxed
 
 PRESETS = {"paper": {"steps": 5}, "reference": {"eps": 8 / 255, "steps": 1500}}
 
@@ -200,22 +200,9 @@ class SDHA(Attack):
         k = codes_t.shape[0]
         x_adv = images.clone()
         opt = torch.optim.Adam([x_adv], lr=self.lr, betas=(0.9, 0.999))
-        progress.start("SDHA", self.steps)
-        for i in range(self.steps):
-            alpha = alpha_at(i, self.steps)
 
-            def loss_fn(out: torch.Tensor, x: torch.Tensor, alpha: float = alpha) -> torch.Tensor:
-                h_adv = torch.tanh(alpha * out)
-                mse = (x - images).square().flatten(1).mean(1)
-                surrogate = _surrogate(h_adv, codes_t, coef)
-                per_query = mse - (SURROGATE_SCALE / k) * surrogate
-                return per_query.sum() / self.ref_batch
+        def per_query(h_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            mse = (x - images).square().flatten(1).mean(1)
+            return mse - (SURROGATE_SCALE / k) * _surrogate(h_adv, codes_t, coef)
 
-            _, x_adv.grad = self.input_grad(x_adv, loss_fn)
-            opt.step()
-            with torch.no_grad():
-                x_adv.copy_(self.project(x_adv, images))
-            progress.advance()
-        progress.stop()
-        x_adv.grad = None
-        return x_adv
+        return optimise_relaxed(self, images, opt, x_adv, per_query, progress, "SDHA")
