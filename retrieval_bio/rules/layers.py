@@ -35,6 +35,7 @@ from .specs import RULE_REGISTRY, SCALES, RuleSpec
 # brSF draw t of a layer is a pure function of the persistent (layer seed, t) pair, so a
 # resumed run redraws the same M as an uninterrupted one (on the same device).
 _DRAW_STRIDE = 1_000_003
+_ONE = torch.tensor(1.0)
 _SEED_MASK = (1 << 63) - 1
 
 
@@ -71,7 +72,7 @@ class FeedbackLayer(nn.Module):
         self._fb_buf: torch.Tensor | None = None  # B~ (scratch or R) or s*B~ once folded
         self._fb_scale: torch.Tensor | float | None = None  # pending s, None once applied
         self._fb_key: tuple | None = None
-        self._r_norm: tuple[tuple, torch.Tensor] | None = None
+        self._aux_norm_cache: tuple[tuple, torch.Tensor] | None = None
         w = self.weight
         if spec.random:
             r = _draw(w.shape, seed, w.dtype, torch.device("cpu"), normal=True)
@@ -161,13 +162,19 @@ class FeedbackLayer(nn.Module):
         with torch.no_grad():
             if spec.random:
                 buf = self.R  # used as is; copied only if s must be folded in (_fold_scale)
-                tilde_norm = self._random_norm()
+                tilde_norm = self._aux_norm(self.R)
             else:
+                # sign(W) as W's sign bit (copysign): one pass over W, and no zero entries,
+                # so ||sign(W)|| = sqrt(numel) and ||M o sign(W)|| = ||M|| need no pass.
+                # This is the toolkit's sign(0) = +1 (SPEC §1) for +0.0; -0.0 gives -1.
                 buf = self._scratch_like(wd)
-                torch.sign(wd, out=buf)
                 if spec.magnitude is not None:
-                    buf.mul_(self.M)
-                tilde_norm = None
+                    torch.copysign(self.M, wd, out=buf)
+                    tilde_norm = self._aux_norm(self.M)
+                else:
+                    torch.copysign(_ONE.to(wd.dtype), wd, out=buf)
+                    tilde_norm = torch.tensor(math.sqrt(wd.numel()), dtype=wd.dtype,
+                                              device=wd.device)
             s: torch.Tensor | float | None
             if self.scale == "none":
                 s = None
@@ -175,19 +182,21 @@ class FeedbackLayer(nn.Module):
                 fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(wd)
                 s = math.sqrt(2.0 / (fan_in + fan_out))  # std of Xavier init (gain 1)
             else:  # "norm": ||s B~||_F = ||W||_F at this step
-                if tilde_norm is None:
-                    tilde_norm = torch.linalg.vector_norm(buf)
                 w_norm = torch.linalg.vector_norm(wd)
                 s = w_norm / tilde_norm.clamp_min(torch.finfo(tilde_norm.dtype).tiny)
         self._fb_buf, self._fb_scale, self._fb_key = buf, s, key
         return buf, s
 
-    def _random_norm(self) -> torch.Tensor:
-        r = self.R
-        key = (r._version, r.data_ptr(), r.dtype)
-        if self._r_norm is None or self._r_norm[0] != key:
-            self._r_norm = (key, torch.linalg.vector_norm(r.detach()))
-        return self._r_norm[1]
+    def _aux_norm(self, aux: torch.Tensor) -> torch.Tensor:
+        """||R|| or ||M||, cached until the buffer changes (brSF: every redraw)."""
+        key = (aux._version, aux.data_ptr(), aux.dtype, self._m_draw())
+        if self._aux_norm_cache is None or self._aux_norm_cache[0] != key:
+            self._aux_norm_cache = (key, torch.linalg.vector_norm(aux.detach()))
+        return self._aux_norm_cache[1]
+
+    def _m_draw(self) -> int:
+        # the CPU redraw writes M through numpy, behind autograd's version counter
+        return self._m_state[1] if hasattr(self, "_m_state") else 0
 
     def _scratch_like(self, w: torch.Tensor) -> torch.Tensor:
         """The layer's reused buffer for B, (re)allocated only when W's layout changes."""
