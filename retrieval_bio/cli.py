@@ -321,6 +321,8 @@ def demo(
         header, rows = compare_rows(entry)
         print_table(f"{attack.upper()}: adversarial mAP (exact = through W, model = the "
                     f"rule's own gradient)", header, rows)
+    for note in summary["notes"]:
+        console.print(f"note: {note}", highlight=False)
     console.print(f"runs, plots and demo.json in [bold]{out}[/]")
 
 

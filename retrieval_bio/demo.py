@@ -110,11 +110,14 @@ def run_demo(
             **{k: report[k] for k in ("map@k", "map@k_expected_ties", "precision@h<=2",
                                       "precision@k", "k")},
             "index": index_check(Path(cfg.out))}
+    notes: list[str] = []
     for run_dir in runs.values():
         for attack in s.attacks:
-            attack_run(run_dir, attack, list(s.eps), grads=("exact", "model"), steps=s.steps,
-                       max_queries=s.max_queries, device=s.device, seed=s.seed,
-                       progress=progress)
+            report = attack_run(run_dir, attack, list(s.eps), grads=("exact", "model"),
+                                steps=s.steps, max_queries=s.max_queries, device=s.device,
+                                seed=s.seed, progress=progress)
+            notes += [n for n in report["notes"] if n not in notes]
+    summary["notes"] = notes
     summary["compare"] = compare_runs(list(runs.values()), out / "compare")
     atomic_write_json(out / "demo.json", summary)
     return summary

@@ -154,6 +154,14 @@ def sweep_hash(
         return float(map_at_k(codes, db_codes, q_labels, db_labels, k, ties="index"))
 
     values = {g: [score(_sign(out)) for out in outs] for g, outs in sweep["outputs"].items()}
+    if attack == "sdha" and eps:
+        probe = make(max(eps), grads[0])
+        reach = probe.lr * probe.steps  # Adam moves each pixel by at most about lr per step
+        if max(eps) > reach:
+            sweep["notes"].append(
+                f"SDHA's Adam (lr {probe.lr:g}, {probe.steps} steps) moves a pixel by at most "
+                f"about {reach:g}: budgets above that are not binding, so larger ε cannot "
+                f"lower mAP further (raise --steps to use them)")
     return {
         "attack": attack, "task": "hash", "metric": "map", "grad": list(values),
         "eps": [float(e) for e in eps], "map": values, "clean_map": score(clean_codes),
