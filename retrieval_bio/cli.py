@@ -46,6 +46,23 @@ DeviceOpt = typer.Option(None, help="auto (cuda, mps, cpu) | cpu | cuda | mps.")
 OutOpt = typer.Option(None, "--out", "-o", help="Run folder to write.")
 ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint.")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Log each epoch's metrics.")
+DataOpt = typer.Option(
+    None, "--data-opt", help="Dataset loader option KEY=VALUE (VALUE read as YAML), "
+    "repeatable: --data-opt lists=/data/nus/lists --data-opt 'counts={query: 5}'.")
+
+
+def _data_options(items: list[str] | None) -> dict | None:
+    if not items:
+        return None
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--data-opt takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def _run(stage: str, config: Path | None, resume: bool, verbose: bool, **flags) -> None:
@@ -90,6 +107,7 @@ def pretrain(
     seed: int | None = SeedOpt,
     device: str | None = DeviceOpt,
     out: str | None = OutOpt,
+    data_opt: list[str] | None = DataOpt,
     resume: bool = ResumeOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
@@ -98,7 +116,8 @@ def pretrain(
     _run("pretrain", config, resume, verbose, task="classify", backbone=backbone,
          weights=weights, dataset=dataset, root=root, protocol=protocol,
          image_size=image_size, epochs=epochs, batch_size=batch_size, lr_backbone=lr_backbone,
-         lr_head=lr_head, seed=seed, device=device, out=out)
+         lr_head=lr_head, seed=seed, device=device, out=out,
+         dataset_options=_data_options(data_opt))
 
 
 @app.command()
@@ -125,6 +144,7 @@ def finetune(
     seed: int | None = SeedOpt,
     device: str | None = DeviceOpt,
     out: str | None = OutOpt,
+    data_opt: list[str] | None = DataOpt,
     resume: bool = ResumeOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
@@ -134,7 +154,8 @@ def finetune(
     _run("finetune", config, resume, verbose, rule=rule, scale=scale, task=task, bits=bits,
          init=init, backbone=backbone, weights=weights, dataset=dataset, root=root,
          protocol=protocol, image_size=image_size, k=k, epochs=epochs, batch_size=batch_size,
-         lr_backbone=lr_backbone, lr_head=lr_head, seed=seed, device=device, out=out)
+         lr_backbone=lr_backbone, lr_head=lr_head, seed=seed, device=device, out=out,
+         dataset_options=_data_options(data_opt))
 
 
 @data_app.command("check")
@@ -324,6 +345,26 @@ def demo(
     for note in summary["notes"]:
         console.print(f"note: {note}", highlight=False)
     console.print(f"runs, plots and demo.json in [bold]{out}[/]")
+
+
+@app.command("list")
+def list_cmd(
+    what: str = typer.Argument("all", help="backbones | rules | datasets | losses | attacks "
+                               "| indexes | all."),
+) -> None:
+    """List what is registered (the names --backbone, --rule, --dataset... accept)."""
+    from .registry import registries
+    from .ui import print_table
+
+    regs = registries()
+    if what != "all" and what not in regs:
+        _fail(f"cannot list {what!r}; choose one of: all, {', '.join(regs)}")
+    for name, reg in regs.items():
+        if what in ("all", name):
+            rows = [(n, reg.help(n)) for n in reg.names()]
+            if name == "backbones":
+                rows.append(("timm:<name>", "any timm model, e.g. timm:resnet50"))
+            print_table(name, ["name", "description"], rows)
 
 
 def main() -> None:  # pragma: no cover

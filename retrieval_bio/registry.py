@@ -57,3 +57,16 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def registries() -> dict[str, Registry]:
+    """Every registry of the toolkit by the plural name the CLI's ``list`` takes."""
+    from .attacks import ATTACKS
+    from .datasets import DATASETS
+    from .index import INDEX_KINDS
+    from .losses import LOSSES
+    from .models import BACKBONES
+    from .rules import RULE_REGISTRY
+
+    return {"backbones": BACKBONES, "rules": RULE_REGISTRY, "datasets": DATASETS,
+            "losses": LOSSES, "attacks": ATTACKS, "indexes": INDEX_KINDS}
