@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .config import ConfigError, build_config
+from .config import ConfigError, RunConfig, build_config
 
 app = typer.Typer(
     name="retrieval-bio",
@@ -84,8 +84,8 @@ def _run(stage: str, config: Path | None, resume: bool, verbose: bool, **flags) 
     except NonFiniteLossError as e:
         _fail(str(e))
     except KeyboardInterrupt:
-        _fail(f"interrupted; continue with: retrieval-bio {stage} --out {flags.get('out')} "
-              f"--resume")
+        _fail(f"interrupted; continue with: retrieval-bio {stage} --out "
+              f"{flags.get('out') or RunConfig().out} --resume")
     rows = [(k, v) for k, v in result.metrics.items() if not isinstance(v, (list, dict))]
     print_table(f"{stage}: {result.run_dir}", ["metric", "value"], rows)
     console.print(f"run folder: [bold]{result.run_dir}[/]")

@@ -87,6 +87,10 @@ class RunConfig:
         for name in ("lr_backbone", "lr_head", "proxy_lr_mult", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.task == "hash" and self.bits % 8:
+            raise ConfigError(
+                f"bits must be a multiple of 8 for hashing (codes are packed into bytes for "
+                f"FAISS), got {self.bits}")
         if not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"betas must lie in [0, 1), got {self.betas}")
         if self.num_workers < 0:
@@ -99,7 +103,9 @@ class RunConfig:
         return d
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        from .runs import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:

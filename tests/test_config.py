@@ -40,6 +40,12 @@ def test_bad_values_are_named(key, value):
         RunConfig.from_dict({key: value})
 
 
+def test_hash_codes_must_fill_whole_bytes():
+    with pytest.raises(ConfigError, match="bits must be a multiple of 8"):
+        RunConfig.from_dict({"task": "hash", "bits": 12})
+    assert RunConfig.from_dict({"task": "classify", "bits": 12}).bits == 12  # unused there
+
+
 def test_yaml_scientific_notation_without_dot_is_a_number(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("lr_backbone: 1e-5\n")  # PyYAML reads this as a string

@@ -140,7 +140,7 @@ class Attack:
         chosen gradient source. Returns the detached scalar loss and the gradient (x's shape).
         """
         x = x.detach().requires_grad_(True)
-        with torch.enable_grad(), self.gradient_source():
+        with torch.enable_grad(), self.gradient_source(), _frozen(self.model):
             out = self.model(x)
             loss = loss_fn(out, x)
             (g,) = torch.autograd.grad(loss, x)
@@ -188,3 +188,17 @@ def resolve_preset(
     if missing:
         raise ValueError(f"give {', '.join(missing)} or a preset ({sorted(presets)})")
     return values
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Parameters with ``requires_grad=False`` for one attack step: custom backward passes
+    (the learning rules' layers) then skip weight gradients nobody asked for."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)

@@ -163,7 +163,9 @@ def load_list_splits(
                 f"{name}: test.txt has {len(idx['query'])} usable lines, the protocol needs "
                 f"{n['query'] + n['validation']} ({n['query']} query, {n['validation']} validation)"
             )
-        idx["query"], idx["validation"] = q[: n["query"]], v
+        # a seeded pick: test.txt is often sorted by class, so its first lines are not a sample
+        pick = np.random.default_rng([seed, 5]).permutation(len(q))[: n["query"]]
+        idx["query"], idx["validation"] = q[np.sort(pick)], v
     elif "validation" not in idx:
         n_train = len(idx["train"])
         # 10 % of train, at least 1 item while at least 1 is left for training.

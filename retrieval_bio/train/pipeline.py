@@ -10,6 +10,7 @@ different stage defaults.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from ..runs import (
     update_metrics,
 )
 from .devices import resolve_device, seed_everything
-from .trainer import Trainer
+from .trainer import StepHook, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,12 @@ class RunResult:
     metrics: dict[str, Any]
 
 
-def load_splits(cfg: RunConfig) -> DatasetSplits:
+def load_splits(cfg: RunConfig, *, augment: bool | None = None) -> DatasetSplits:
+    """The run's dataset splits; ``augment=False`` gives the same splits with evaluation
+    transforms (for encoding the train split as a retrieval database)."""
+    aug = cfg.augment if augment is None else augment
     return datasets.load(cfg.dataset, cfg.root, protocol=cfg.protocol, seed=cfg.seed,
-                         image_size=cfg.image_size, augment=cfg.augment, **cfg.dataset_options)
+                         image_size=cfg.image_size, augment=aug, **cfg.dataset_options)
 
 
 def build_model(cfg: RunConfig, splits: DatasetSplits) -> TaskModel:
@@ -145,9 +149,12 @@ def _sign(h: np.ndarray) -> np.ndarray:
 
 
 def train_run(
-    cfg: RunConfig, *, resume: bool = False, progress: Progress | None = None
+    cfg: RunConfig, *, resume: bool = False, progress: Progress | None = None,
+    step_hooks: Sequence[StepHook] = (),
 ) -> RunResult:
     """Train (or continue, ``resume=True``) the run ``cfg`` describes into ``cfg.out``.
+
+    ``step_hooks`` run after every optimiser step (logging, or a test's simulated Ctrl-C).
 
     Raises:
         RunFolderError: ``cfg.out`` already holds a run and ``resume`` is False, or
@@ -169,7 +176,8 @@ def train_run(
     splits = load_splits(cfg)
     model = build_model(cfg, splits)
     objective = build_objective(cfg, splits)
-    validate, select = make_validate(cfg, splits, device)
+    eval_splits = load_splits(cfg, augment=False) if cfg.augment else splits
+    validate, select = make_validate(cfg, eval_splits, device)
     epoch_hooks = []
     if cfg.rule != "bp":
         epoch_hooks.append(_diagnostics_hook(splits, objective, device))
@@ -178,9 +186,11 @@ def train_run(
         epochs=cfg.epochs, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
         betas=cfg.betas, seed=cfg.seed, device=device, amp=cfg.amp,
         num_workers=cfg.num_workers, run_dir=run_dir, validate=validate, select_metric=select,
-        step_hooks=[lambda m, _opt: rules.on_optimizer_step(m)], epoch_hooks=epoch_hooks,
-        progress=progress,
+        step_hooks=step_hooks, epoch_hooks=epoch_hooks, progress=progress,
     )
+    # after every real parameter update (not one that AMP's scaler skipped): brSF redraws
+    # M, every rule drops its cached B
+    rules.attach(trainer.optimizer, model)
     state = trainer.fit(resume=resume)
     metrics = {"stage": cfg.stage, "task": cfg.task, "rule": cfg.rule,
                "best_epoch": state.best_epoch, select: state.best_value}
@@ -256,7 +266,7 @@ def load_run(
     if not cfg_path.is_file():
         raise RunFolderError(f"{run_dir} is not a run folder: {cfg_path} does not exist")
     cfg = RunConfig.load(cfg_path)
-    splits = load_splits(cfg) if load_data else None
+    splits = load_splits(cfg, augment=False) if load_data else None
     num_classes = splits.num_classes if splits is not None else None
     state = load_checkpoint(resolve_weights(run_dir))["model"]
     if num_classes is None:

@@ -46,6 +46,10 @@ class TrainerState:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
     best_value: float | None = None
+    # running totals of the current epoch, so a resumed epoch logs the whole epoch's loss
+    epoch_loss_sum: float = 0.0
+    epoch_seen: int = 0
+    epoch_time: float = 0.0
 
 
 StepHook = Callable[[nn.Module, torch.optim.Optimizer], None]
@@ -146,6 +150,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "epoch": s.epoch, "step": s.step, "global_step": s.global_step,
             "history": s.history, "best_epoch": s.best_epoch, "best_value": s.best_value,
+            "epoch_totals": [s.epoch_loss_sum, s.epoch_seen, s.epoch_time],
             "rng": rng_state(),
         }, path)
 
@@ -160,6 +165,8 @@ class Trainer:
             history=list(ckpt["history"]), best_epoch=ckpt["best_epoch"],
             best_value=ckpt["best_value"],
         )
+        s = self.state
+        s.epoch_loss_sum, s.epoch_seen, s.epoch_time = ckpt.get("epoch_totals", (0.0, 0, 0.0))
         set_rng_state(ckpt["rng"])
 
     # -- internals --------------------------------------------------------------------
@@ -176,11 +183,15 @@ class Trainer:
         if missing:
             raise ValueError(f"{len(missing)} trainable parameters are in no parameter group")
 
+    def _steps_per_epoch(self) -> int:
+        """Full batches only (a 1-item last batch would break BatchNorm); at least one."""
+        return max(len(self.train_set) // self.batch_size, 1)
+
     def _loader(self, epoch: int, start_step: int) -> DataLoader:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         n = len(self.train_set)
         order = torch.randperm(n, generator=g)
-        usable = n - n % self.batch_size if n >= self.batch_size else n  # no 1-item BN batch
+        usable = min(self._steps_per_epoch() * self.batch_size, n)
         order = order[start_step * self.batch_size : usable].tolist()
         # A private generator: creating the loader must not consume the global RNG, or a
         # resumed epoch would see other dropout masks than the uninterrupted one.
@@ -191,29 +202,32 @@ class Trainer:
     def _train_epoch(self, epoch: int, interrupt: _GracefulInterrupt) -> dict[str, float] | None:
         self.model.train()
         self.objective.train()
-        loader = self._loader(epoch, self.state.step)
-        total = math.ceil(len(self.train_set) / self.batch_size)
+        s = self.state
+        loader = self._loader(epoch, s.step)
+        total = self._steps_per_epoch()
         self.progress.start(f"epoch {epoch + 1}/{self.epochs}", total)
-        self.progress.advance(self.state.step)
-        loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
+        self.progress.advance(s.step)
+        t0 = time.perf_counter() - s.epoch_time
         try:
             for images, labels, _ in loader:
                 if interrupt.requested:
                     return None
                 loss = self._train_step(images, labels)
-                loss_sum += loss * images.shape[0]
-                seen += images.shape[0]
-                self.state.step += 1
-                self.state.global_step += 1
-                rate = seen / max(time.perf_counter() - t0, 1e-9)
-                self.progress.advance(1, loss=loss, images_per_s=rate)
-            if interrupt.requested and self.state.step < total:
+                s.epoch_loss_sum += loss * images.shape[0]
+                s.epoch_seen += images.shape[0]
+                s.step += 1
+                s.global_step += 1
+                s.epoch_time = time.perf_counter() - t0
+                self.progress.advance(1, loss=loss,
+                                      images_per_s=s.epoch_seen / max(s.epoch_time, 1e-9))
+            if interrupt.requested and s.step < total:
                 return None
         finally:
             self.progress.stop()
-        elapsed = time.perf_counter() - t0
-        return {"loss": loss_sum / max(seen, 1), "time_s": elapsed,
-                "images_per_s": seen / max(elapsed, 1e-9)}
+        stats = {"loss": s.epoch_loss_sum / max(s.epoch_seen, 1), "time_s": s.epoch_time,
+                 "images_per_s": s.epoch_seen / max(s.epoch_time, 1e-9)}
+        s.epoch_loss_sum, s.epoch_seen, s.epoch_time = 0.0, 0, 0.0
+        return stats
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         images = images.to(self.device, non_blocking=True)
@@ -277,7 +291,8 @@ class _GracefulInterrupt:
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._installed = False
+        self._previous: object = None
 
     def _handler(self, signum, frame) -> None:
         if self.requested:
@@ -288,8 +303,11 @@ class _GracefulInterrupt:
     def __enter__(self) -> _GracefulInterrupt:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._installed = True
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        if self._installed:
+            # None: the previous handler was not set from Python; fall back to the default
+            previous = signal.default_int_handler if self._previous is None else self._previous
+            signal.signal(signal.SIGINT, previous)

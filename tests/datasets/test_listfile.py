@@ -166,3 +166,18 @@ def test_list_labels_are_parsed_not_positional(tmp_path):
     got = {rel: s.database.labels[i].int().tolist() for i, rel in enumerate(_rel(s.database,
                                                                                     tmp_path))}
     assert got == rows and np.array(list(rows.values())).shape == (5, 7)
+
+
+def test_imagenet100_query_is_a_sample_of_test_not_its_head(tmp_path):
+    """HashNet's test.txt is sorted by class: taking its first lines would give the query
+    set a few classes only."""
+    write_list_dataset(tmp_path, n_classes=100, n_train=6, n_test=40, n_database=8,
+                       multi_label=False)
+    test_txt = tmp_path / "test.txt"
+    lines = sorted(test_txt.read_text().splitlines(), key=lambda s: s.split()[1:][::-1])
+    test_txt.write_text("\n".join(lines) + "\n")
+    s = load("imagenet100", str(tmp_path), counts={"query": 10, "validation": 10})
+    q, v = _rel(s.query, tmp_path), set(_rel(s.validation, tmp_path))
+    kept = [ln.split()[0] for ln in lines if ln.split()[0] not in v]
+    assert len(q) == 10 and set(q) <= set(kept)
+    assert set(q) != set(kept[:10])
