@@ -22,6 +22,7 @@ import torch.nn as nn
 from .. import datasets, rules
 from ..config import RunConfig
 from ..datasets import DatasetSplits
+from ..eval import map_at_k
 from ..eval.encode import accuracy, encode
 from ..index import HammingIndex
 from ..losses import LOSSES
@@ -128,8 +129,6 @@ def make_validate(cfg: RunConfig, splits: DatasetSplits, device: torch.device):
         return {"val_accuracy": accuracy(logits, labels)}
 
     def validate_hash(model: nn.Module) -> dict[str, float]:
-        from ..eval import map_at_k
-
         q, ql, _ = encode(model, splits.validation, batch_size=bs, device=device)
         d, dl, _ = encode(model, splits.train, batch_size=bs, device=device)
         k = retrieval_k(cfg, splits)
@@ -211,8 +210,6 @@ def evaluate_test(
         logits, labels, _ = encode(model, splits.query, batch_size=bs, device=device,
                                    progress=progress, description="test")
         return {"test_accuracy": accuracy(logits, labels)}
-    from ..eval import map_at_k
-
     q, ql, qi = encode(model, splits.query, batch_size=bs, device=device, progress=progress,
                        description="encoding queries")
     d, dl, di = encode(model, splits.database, batch_size=bs, device=device,
