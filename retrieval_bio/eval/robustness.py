@@ -48,6 +48,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..index.codes import sign_codes
 from ..progress import Progress, ensure
 from .encode import accuracy, encode
 from .metrics import map_at_k
@@ -136,11 +137,11 @@ def sweep_hash(
             raise ValueError("SDHA needs the training split (its relevant codes)")
         h_train, train_labels, _ = encode(model, train, batch_size=batch_size, device=device,
                                           progress=progress, description="encoding train")
-        kwargs["train_codes"] = torch.from_numpy(_sign(h_train))
+        kwargs["train_codes"] = torch.from_numpy(sign_codes(h_train))
         kwargs["train_labels"] = torch.from_numpy(train_labels)
     h_db, db_labels, _ = encode(model, database, batch_size=batch_size, device=device,
                                 progress=progress, description="encoding database")
-    db_codes = _sign(h_db)
+    db_codes = sign_codes(h_db)
 
     def make(e: float, g: str):
         return ATTACKS.get(attack)(model, e, steps, grad=g, preset=preset, seed=seed, **kwargs)
@@ -148,12 +149,12 @@ def sweep_hash(
     sweep = _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, progress,
                    attack)
     q_labels = sweep["labels"]
-    clean_codes = _sign(sweep["clean"])
+    clean_codes = sign_codes(sweep["clean"])
 
     def score(codes: np.ndarray) -> float:
         return float(map_at_k(codes, db_codes, q_labels, db_labels, k, ties="index"))
 
-    values = {g: [score(_sign(out)) for out in outs] for g, outs in sweep["outputs"].items()}
+    values = {g: [score(sign_codes(out)) for out in outs] for g, outs in sweep["outputs"].items()}
     if attack == "sdha" and eps:
         probe = make(max(eps), grads[0])
         reach = probe.lr * probe.steps  # Adam moves each pixel by at most about lr per step
@@ -298,11 +299,6 @@ def _steps_of(attack: Any) -> int:
         if hasattr(attack, attr):
             return int(getattr(attack, attr))
     return 1  # FGSM: one step
-
-
-def _sign(h: np.ndarray) -> np.ndarray:
-    """int8 ±1 codes with sign(0) = +1 (SPEC §1)."""
-    return np.where(h >= 0, 1, -1).astype(np.int8)
 
 
 def subsample(dataset: Dataset, max_items: int | None, seed: int) -> Dataset:

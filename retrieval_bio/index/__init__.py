@@ -5,7 +5,7 @@ multihash, ivf) with the verbs ``add``, ``search``, ``range_search``, ``save``/`
 ``pack_codes``/``unpack_codes`` convert between ±1 codes and packed bytes.
 """
 
-from .codes import as_packed, check_pm1, pack_codes, unpack_codes
+from .codes import as_packed, check_pm1, pack_codes, sign_codes, unpack_codes
 from .hamming import GPU_MAX_K, HammingIndex, gpu_available, split_ranges
 from .kinds import INDEX_KINDS, IndexKind
 
@@ -18,6 +18,7 @@ __all__ = [
     "check_pm1",
     "gpu_available",
     "pack_codes",
+    "sign_codes",
     "split_ranges",
     "unpack_codes",
 ]

@@ -19,6 +19,11 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def sign_codes(h: Any) -> np.ndarray:
+    """Continuous outputs ``(N, K)`` -> int8 ±1 codes, sign(0) = +1 (SPEC §1)."""
+    return np.where(to_numpy(h) >= 0, 1, -1).astype(np.int8)
+
+
 def check_pm1(codes: Any, name: str = "codes", bits: int | None = None) -> np.ndarray:
     """Validate ±1 codes and return them as a 2-D numpy array ``(N, K)``.
 

@@ -66,11 +66,12 @@ from .convert import (
     rule_of,
 )
 from .diagnostics import gradient_angles, layer_angles
-from .layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear
+from .layers import FEEDBACK_BUFFERS, FeedbackConv2d, FeedbackLayer, FeedbackLinear
 from .specs import RULE_REGISTRY, RULES, SCALES, RuleSpec
 
 __all__ = [
-    "RULES", "RULE_REGISTRY", "SCALES", "FeedbackConv2d", "FeedbackLayer", "FeedbackLinear",
+    "FEEDBACK_BUFFERS", "RULES", "RULE_REGISTRY", "SCALES", "FeedbackConv2d", "FeedbackLayer",
+    "FeedbackLinear",
     "RuleSpec", "attach", "convert", "converted_layers", "exact_gradients", "feedback",
     "gradient_angles", "layer_angles", "on_optimizer_step", "rule_of",
 ]

@@ -36,6 +36,7 @@ from .specs import RULE_REGISTRY, SCALES, RuleSpec
 # resumed run redraws the same M as an uninterrupted one (on the same device).
 _DRAW_STRIDE = 1_000_003
 _ONE = torch.tensor(1.0)
+FEEDBACK_BUFFERS = ("R", "M", "M_state")  # state-dict names of a converted layer's buffers
 _SEED_MASK = (1 << 63) - 1
 
 
@@ -131,7 +132,7 @@ class FeedbackLayer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
         # A BP checkpoint has no feedback buffers: keep this layer's own, silently.
-        for name in ("R", "M", "M_state"):
+        for name in FEEDBACK_BUFFERS:
             if prefix + name in missing_keys:
                 missing_keys.remove(prefix + name)
         if prefix + "M_state" in state_dict and hasattr(self, "_m_state"):
@@ -387,4 +388,5 @@ def feedback_class(cls: type) -> type | None:
     return _CLASS_CACHE[cls]
 
 
-__all__ = ["SCALES", "FeedbackConv2d", "FeedbackLayer", "FeedbackLinear", "feedback_class"]
+__all__ = ["FEEDBACK_BUFFERS", "SCALES", "FeedbackConv2d", "FeedbackLayer", "FeedbackLinear",
+           "feedback_class"]

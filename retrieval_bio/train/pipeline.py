@@ -9,6 +9,7 @@ different stage defaults.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from ..config import RunConfig
 from ..datasets import DatasetSplits
 from ..eval import map_at_k
 from ..eval.encode import accuracy, encode
-from ..index import HammingIndex
+from ..index import HammingIndex, sign_codes
 from ..losses import LOSSES
 from ..models import TaskModel, create_model
 from ..progress import Progress
@@ -32,6 +33,7 @@ from ..runs import (
     CHECKPOINT,
     CONFIG,
     RunFolderError,
+    atomic_write_bytes,
     load_checkpoint,
     resolve_weights,
     update_metrics,
@@ -97,7 +99,7 @@ def load_init(model: TaskModel, init: str | Path) -> None:
 
 
 def _is_feedback_buffer(key: str) -> bool:
-    return key.rsplit(".", 1)[-1] in ("R", "M", "M_state")  # see retrieval_bio.rules
+    return key.rsplit(".", 1)[-1] in rules.FEEDBACK_BUFFERS
 
 
 def build_objective(cfg: RunConfig, splits: DatasetSplits) -> nn.Module:
@@ -132,7 +134,7 @@ def make_validate(cfg: RunConfig, splits: DatasetSplits, device: torch.device):
         q, ql, _ = encode(model, splits.validation, batch_size=bs, device=device)
         d, dl, _ = encode(model, splits.train, batch_size=bs, device=device)
         k = retrieval_k(cfg, splits)
-        return {"val_map": float(map_at_k(_sign(q), _sign(d), ql, dl, k))}
+        return {"val_map": float(map_at_k(sign_codes(q), sign_codes(d), ql, dl, k))}
 
     if cfg.task == "hash":
         return validate_hash, "val_map"
@@ -141,10 +143,6 @@ def make_validate(cfg: RunConfig, splits: DatasetSplits, device: torch.device):
 
 def retrieval_k(cfg: RunConfig, splits: DatasetSplits) -> int:
     return splits.default_k if cfg.k is None else cfg.k
-
-
-def _sign(h: np.ndarray) -> np.ndarray:
-    return np.where(h >= 0, 1, -1).astype(np.int8)
 
 
 def train_run(
@@ -214,19 +212,16 @@ def evaluate_test(
                        description="encoding queries")
     d, dl, di = encode(model, splits.database, batch_size=bs, device=device,
                        progress=progress, description="encoding database")
-    save_codes(run_dir / "codes.npz", _sign(q), ql, qi, _sign(d), dl, di)
-    HammingIndex(cfg.bits).add(_sign(d)).save(run_dir / INDEX)
+    q_codes, d_codes = sign_codes(q), sign_codes(d)
+    save_codes(run_dir / "codes.npz", q_codes, ql, qi, d_codes, dl, di)
+    HammingIndex(cfg.bits).add(d_codes).save(run_dir / INDEX)
     k = retrieval_k(cfg, splits)
-    return {"map@k": float(map_at_k(_sign(q), _sign(d), ql, dl, k)), "k": k}
+    return {"map@k": float(map_at_k(q_codes, d_codes, ql, dl, k)), "k": k}
 
 
 def save_codes(path: Path, q: np.ndarray, ql: np.ndarray, qi: np.ndarray, d: np.ndarray,
                dl: np.ndarray, di: np.ndarray) -> None:
     """``codes.npz``: int8 ±1 codes, multi-hot labels and split ids of query and database."""
-    import io
-
-    from ..runs import atomic_write_bytes
-
     buf = io.BytesIO()
     np.savez_compressed(buf, query_codes=q, query_labels=ql.astype(np.uint8), query_ids=qi,
                         db_codes=d, db_labels=dl.astype(np.uint8), db_ids=di)
