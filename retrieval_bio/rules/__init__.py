@@ -38,8 +38,10 @@ converted layer back-propagate through W, the gradient an attacker who has the w
 
 Scale (``scale=``): ``"norm"`` (default) rescales B at every step so ||B||_F = ||W||_F,
 which keeps the backward signal at BP's magnitude; the literal formulas (``"none"``) inflate it
-by ~1/|w| per layer (~100x for pretrained weights), so deep nets overflow. ``"init"`` uses
-BioTorch's constant, the std of a Xavier init for the layer's fan-in/fan-out.
+by ~1/|w| per layer (~100x for pretrained weights), so deep nets overflow. ``"init"``
+reproduces BioTorch's feedback magnitude: s = sqrt(2/(fan_in+fan_out)) (the std of a Xavier
+init) for FA and uSF, sqrt(6/(fan_in+fan_out)) for frSF/brSF, whose s*M then matches
+BioTorch's |Xavier-uniform| draws (see docs/rules.md).
 
 State dicts: parameter names are unchanged (``weight``, ``bias``). Converted layers add
 buffers: ``R`` (fa), ``M`` (frsf), ``M_state = [seed, draws]`` (brsf; its M is redrawn from it).

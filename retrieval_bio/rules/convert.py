@@ -29,8 +29,14 @@ def convert(model: nn.Module, rule: str, *, scale: str = "norm", seed: int = 0) 
         scale: ``"norm"`` (default): per layer, s makes ||B||_F = ||W||_F at every step, so the
             backward signal keeps BP's magnitude (the literal sign(W) of pretrained weights
             ~1e-2 inflates it ~100x per layer and a 16-layer net overflows).
-            ``"none"``: the literal formula. ``"init"``: s = std of a Xavier init for the
-            layer's fan-in/fan-out, BioTorch's constant.
+            ``"none"``: the literal formula. ``"init"``: a constant per layer that gives B
+            BioTorch's magnitude under its xavier init, from the layer's fan-in/fan-out
+            (``torch.nn.init._calculate_fan_in_and_fan_out``, receptive field included for a
+            conv): s = σ = sqrt(2/(fan_in+fan_out)), the xavier std, for FA and uSF, and
+            s = a = sqrt(6/(fan_in+fan_out)), the xavier bound, for frSF and brSF (whose
+            s·M, M ~ U[0, 1], is BioTorch's |U[−a, a]|). uSF equals BioTorch's B; FA matches
+            its std but draws R from a normal, not a uniform (see
+            :func:`~.layers.init_scale`).
         seed: base seed of R (FA) and M (frSF, brSF).
 
     Returns:

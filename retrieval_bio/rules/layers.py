@@ -180,8 +180,7 @@ class FeedbackLayer(nn.Module):
             if self.scale == "none":
                 s = None
             elif self.scale == "init":
-                fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(wd)
-                s = math.sqrt(2.0 / (fan_in + fan_out))  # std of Xavier init (gain 1)
+                s = init_scale(wd, spec)
             else:  # "norm": ||s B~||_F = ||W||_F at this step
                 w_norm = torch.linalg.vector_norm(wd)
                 s = w_norm / tilde_norm.clamp_min(torch.finfo(tilde_norm.dtype).tiny)
@@ -240,6 +239,25 @@ class FeedbackLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rule={self.rule}, scale={self.scale}"
+
+
+def init_scale(weight: torch.Tensor, spec: RuleSpec) -> float:
+    """s of ``scale="init"``: the constant that gives B BioTorch's magnitude (xavier init).
+
+    With a = sqrt(6 / (fan_in + fan_out)) the bound of ``xavier_uniform_`` (gain 1) and
+    σ = a / sqrt(3) = sqrt(2 / (fan_in + fan_out)) its std, fan-in/fan-out as in
+    ``torch.nn.init._calculate_fan_in_and_fan_out`` (a conv's include its receptive field),
+    BioTorch (``biotorch/layers/fa_constructor``) builds
+
+    * FA: B = a fixed ``xavier_uniform_`` draw, U[−a, a] (std σ). Here s = σ, so s·R with
+      R ~ N(0, 1) has the same std and E||B||_F² = n·σ² (normal, not uniform, entries);
+    * uSF: B = σ·sign(W). Here s = σ: identical;
+    * frSF: B = |fixed xavier draw|∘sign(W); brSF: |fresh xavier draw|∘sign(W), i.e. a·U[0, 1]
+      magnitudes. Here s = a, so s·M with M ~ U[0, 1] has BioTorch's distribution.
+    """
+    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
+    numerator = 6.0 if spec.magnitude is not None else 2.0  # a for magnitudes M, else σ
+    return math.sqrt(numerator / (fan_in + fan_out))
 
 
 def _memory_format(w: torch.Tensor) -> torch.memory_format:
@@ -389,4 +407,4 @@ def feedback_class(cls: type) -> type | None:
 
 
 __all__ = ["FEEDBACK_BUFFERS", "SCALES", "FeedbackConv2d", "FeedbackLayer", "FeedbackLinear",
-           "feedback_class"]
+           "feedback_class", "init_scale"]

@@ -58,13 +58,26 @@ def test_theory_codes_are_negated_clean_codes(hash_model, digits, setup):
     assert torch.equal(theory_codes(hash_model, x), -binarize(h))
 
 
-def test_hag_reduces_its_own_objective(hash_model, digits):
+@pytest.mark.parametrize("balance", ["masked", "unmasked"])
+def test_hag_reduces_its_own_objective(hash_model, digits, balance):
     x = digits.query.images[:32]
+    adv = HAG(hash_model, 0.1, 10, grad="model", balance=balance)(x)
     with torch.no_grad():
         h = torch.tanh(hash_model(x))
-        before = hag_loss(torch.tanh(hash_model(x)), h)
-        after = hag_loss(torch.tanh(hash_model(HAG(hash_model, 0.1, 10, grad="model")(x))), h)
+        before = hag_loss(torch.tanh(hash_model(x)), h, balance=balance)
+        after = hag_loss(torch.tanh(hash_model(adv)), h, balance=balance)
     assert after < before
+
+
+def test_hag_balance_option(hash_model, digits):
+    """``balance`` is validated, stored and reaches the loss: once bits flip (lr 100 flips
+    them within a few steps) the masked (SAAT, default) and unmasked forms move x' apart."""
+    with pytest.raises(ValueError, match="balance"):
+        HAG(hash_model, 0.1, 5, balance="both")
+    x = digits.query.images[:32]
+    masked, unmasked = HAG(hash_model, 0.1, 5), HAG(hash_model, 0.1, 5, balance="unmasked")
+    assert (masked.balance, unmasked.balance) == ("masked", "unmasked")
+    assert (masked(x) - unmasked(x)).abs().max() > 1e-3
 
 
 def test_batch_composition_does_not_change_a_query_perturbation(hash_model, digits, setup):

@@ -138,7 +138,9 @@ def _expected_feedback(layer: nn.Module, rule: str, scale: str) -> torch.Tensor:
     if scale == "init":
         receptive = w[0, 0].numel() if w.dim() > 2 else 1
         fan_in, fan_out = w.shape[1] * receptive, w.shape[0] * receptive
-        return tilde * math.sqrt(2.0 / (fan_in + fan_out))
+        # BioTorch's magnitude: σ = sqrt(2 / fan sum) for FA and uSF, the xavier bound
+        # a = sqrt(6 / fan sum) for the U[0, 1] magnitudes of frSF / brSF
+        return tilde * math.sqrt((2.0 if rule in ("fa", "usf") else 6.0) / (fan_in + fan_out))
     return tilde * (w.norm() / tilde.norm())
 
 
