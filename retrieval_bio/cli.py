@@ -1,13 +1,25 @@
-"""The ``retrieval-bio`` command line: parses arguments and calls the library, nothing more."""
+"""The ``retrieval-bio`` command line: parses arguments and calls the library, nothing more.
+
+Errors a user can act on (a bad option, a missing or damaged file, bad data, a diverged run)
+are printed as one plain-text ``error:`` message naming the input and the fix, exit code 2;
+``--debug`` shows the traceback instead. Ctrl-C exits with 130 after saying what was kept.
+"""
 
 from __future__ import annotations
 
+import inspect
 import logging
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from .config import ConfigError, RunConfig, build_config
+from . import __version__
+from .config import ConfigError, RunConfig, build_config, resume_config
 
 app = typer.Typer(
     name="retrieval-bio",
@@ -20,35 +32,161 @@ app = typer.Typer(
 data_app = typer.Typer(help="Inspect and validate datasets on disk.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+_state = {"debug": False}
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"retrieval-bio {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of an error "
+                               "instead of the one-line message."),
+) -> None:
+    """Measure how the learning rule behind a network changes its adversarial robustness."""
+    _state["debug"] = debug
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+def _say(message: str, err: bool = True) -> None:
+    """Print as plain text: paths with brackets, quotes and YAML marks stay exactly as
+    they are (no markup parsing)."""
+    typer.echo(message, err=err)
+
 
 def _fail(message: str) -> None:
-    from .ui import err_console
-
-    err_console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(2)
+    _say(f"error: {message}")
+    raise typer.Exit(EXIT_USER_ERROR)
 
 
-# Options shared by pretrain and finetune. ``None`` means "not given": the config file or
-# the stage default applies.
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML run config; flags override it.")
-BackboneOpt = typer.Option(None, help="alexnet | vgg16 | resnet18 | small-cnn | timm:<name>.")
-WeightsOpt = typer.Option(None, help="Backbone weights: 'imagenet' (local cache) or a file.")
-DatasetOpt = typer.Option(None, help="Dataset name (default digits); see 'data check'.")
-RootOpt = typer.Option(None, help="Folder holding the dataset in its standard layout.")
-ProtocolOpt = typer.Option(None, help="Split protocol (default: the dataset's own).")
-SizeOpt = typer.Option(None, "--image-size", help="Input side length in px.")
-EpochsOpt = typer.Option(None, help="Training epochs.")
-BatchOpt = typer.Option(None, "--batch-size", help="Batch size.")
-LrBOpt = typer.Option(None, "--lr-backbone", help="Adam learning rate of the backbone.")
-LrHOpt = typer.Option(None, "--lr-head", help="Adam learning rate of the new task layer.")
-SeedOpt = typer.Option(None, help="Seed of every random choice of the run.")
-DeviceOpt = typer.Option(None, help="auto (cuda, mps, cpu) | cpu | cuda | mps.")
-OutOpt = typer.Option(None, "--out", "-o", help="Run folder to write.")
-ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint.")
-VerboseOpt = typer.Option(False, "--verbose", "-v", help="Log each epoch's metrics.")
-DataOpt = typer.Option(
-    None, "--data-opt", help="Dataset loader option KEY=VALUE (VALUE read as YAML), "
-    "repeatable: --data-opt lists=/data/nus/lists --data-opt 'counts={query: 5}'.")
+def _message(e: BaseException) -> str:
+    # KeyError's str() adds quotes around the message; the message itself has none to strip
+    if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str):
+        return e.args[0]
+    return str(e)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .datasets import DatasetError
+    from .runs import RunFolderError
+    from .train import DivergenceError
+
+    # OSError covers PermissionError, a full disk and files that vanished mid-run;
+    # KeyError is what the registries raise for an unknown name.
+    return (ConfigError, RunFolderError, DatasetError, DivergenceError, KeyError, OSError)
+
+
+@contextmanager
+def _guard(interrupted: str | Callable[[], str] | None = None) -> Iterator[None]:
+    """Turn the errors a user can act on into one ``error:`` line (exit 2) and Ctrl-C into
+    a line saying what was kept (exit 130). With ``--debug`` the traceback is shown too."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        text = interrupted() if callable(interrupted) else interrupted
+        _say(f"interrupted{': ' + text if text else ''}")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except _user_errors() as e:
+        if _state["debug"]:
+            traceback.print_exc()
+        _fail(_message(e))
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+# -- run options: one flag per RunConfig key ----------------------------------------------
+
+
+def _opt(*names: str, help: str, default: Any = None) -> Any:  # noqa: A002
+    return typer.Option(default, *names, help=help)
+
+
+#: (parameter name, annotation, typer option, stages that take it). ``None`` = not given:
+#: the config file or the stage default applies. Every RunConfig key but ``stage`` has one.
+RUN_OPTIONS: list[tuple[str, Any, Any, tuple[str, ...]]] = [
+    ("config", Path | None, _opt("--config", "-c", help="YAML run config; flags override "
+                                 "it."), ("pretrain", "finetune")),
+    ("task", str | None, _opt("--task", help="classify | hash (HyP² hash head)."),
+     ("finetune",)),
+    ("rule", str | None, _opt("--rule", help="Learning rule: bp | fa | usf | frsf | brsf."),
+     ("finetune",)),
+    ("scale", str | None, _opt("--scale", help="Feedback scale: norm (default, |B|=|W| per "
+                               "layer) | none | init (BioTorch's)."), ("finetune",)),
+    ("bits", int | None, _opt("--bits", help="Code length K in bits (hash task, multiple "
+                              "of 8)."), ("finetune",)),
+    ("init", str | None, _opt("--init", help="Start from this pretrain run folder (its "
+                              "backbone and image size too, unless given) or weights file."),
+     ("finetune",)),
+    ("backbone", str | None, _opt("--backbone", help="alexnet | vgg16 | resnet18 | small-cnn "
+                                  "| timm:<name>."), ("pretrain", "finetune")),
+    ("weights", str | None, _opt("--weights", help="Backbone weights: 'imagenet' (local "
+                                 "cache) or a file."), ("pretrain", "finetune")),
+    ("dataset", str | None, _opt("--dataset", help="Dataset name (default digits); see "
+                                 "'retrieval-bio list datasets'."), ("pretrain", "finetune")),
+    ("root", str | None, _opt("--root", help="Folder holding the dataset in its standard "
+                              "layout."), ("pretrain", "finetune")),
+    ("protocol", str | None, _opt("--protocol", help="Split protocol (default: the "
+                                  "dataset's own)."), ("pretrain", "finetune")),
+    ("image_size", int | None, _opt("--image-size", help="Input side length in px."),
+     ("pretrain", "finetune")),
+    ("augment", bool | None, _opt("--augment/--no-augment", help="Train-split augmentation."),
+     ("pretrain", "finetune")),
+    ("k", int | None, _opt("--k", help="mAP@k cut-off (<= 0: whole database)."),
+     ("finetune",)),
+    ("index", str | None, _opt("--index", help="FAISS index kind of database.index: flat | "
+                               "hash | multihash | ivf."), ("finetune",)),
+    ("epochs", int | None, _opt("--epochs", help="Training epochs."), ("pretrain", "finetune")),
+    ("batch_size", int | None, _opt("--batch-size", help="Batch size."),
+     ("pretrain", "finetune")),
+    ("lr_backbone", float | None, _opt("--lr-backbone", help="Adam learning rate of the "
+                                       "backbone."), ("pretrain", "finetune")),
+    ("lr_head", float | None, _opt("--lr-head", help="Adam learning rate of the new task "
+                                   "layer."), ("pretrain", "finetune")),
+    ("proxy_lr_mult", float | None, _opt("--proxy-lr-mult", help="HyP² proxies' rate as a "
+                                         "multiple of --lr-head."), ("finetune",)),
+    ("weight_decay", float | None, _opt("--weight-decay", help="Adam weight decay."),
+     ("pretrain", "finetune")),
+    ("betas", str | None, _opt("--betas", help="Adam betas, e.g. 0.9,0.999."),
+     ("pretrain", "finetune")),
+    ("num_workers", int | None, _opt("--num-workers", help="Data-loading worker processes."),
+     ("pretrain", "finetune")),
+    ("seed", int | None, _opt("--seed", help="Seed of every random choice of the run."),
+     ("pretrain", "finetune")),
+    ("device", str | None, _opt("--device", help="auto (cuda, mps, cpu) | cpu | cuda | cuda:N "
+                                "| mps."), ("pretrain", "finetune")),
+    ("amp", bool | None, _opt("--amp/--no-amp", help="float16 autocast on CUDA."),
+     ("pretrain", "finetune")),
+    ("skip_bad", bool | None, _opt("--skip-bad/--no-skip-bad", help="Skip (and count) "
+                                   "unreadable images and bad list lines."),
+     ("pretrain", "finetune")),
+    ("divergence_factor", float | None, _opt("--divergence-factor", help="Stop when the loss "
+                                             "grows this many times its start (0: off)."),
+     ("pretrain", "finetune")),
+    ("out", str | None, _opt("--out", "-o", help="Run folder to write."),
+     ("pretrain", "finetune")),
+    ("data_opt", list[str] | None, _opt("--data-opt", help="Dataset loader option KEY=VALUE "
+                                        "(VALUE read as YAML), repeatable: --data-opt "
+                                        "lists=/data/nus/lists."), ("pretrain", "finetune")),
+    ("resume", bool, _opt("--resume/--no-resume", default=False,
+                          help="Continue the run in --out from its checkpoint."),
+     ("pretrain", "finetune")),
+    ("verbose", bool, _opt("--verbose/--quiet", "-v", default=False,
+                           help="Log more (INFO messages)."), ("pretrain", "finetune")),
+]
 
 
 def _data_options(items: list[str] | None) -> dict | None:
@@ -61,101 +199,109 @@ def _data_options(items: list[str] | None) -> dict | None:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             _fail(f"--data-opt takes KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            _fail(f"--data-opt {item!r}: the value is not valid YAML ({e})")
     return out
 
 
-def _run(stage: str, config: Path | None, resume: bool, verbose: bool, **flags) -> None:
-    from .runs import CONFIG, RunFolderError
-    from .train import NonFiniteLossError, train_run
+def _betas(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    values = _float_list(text, "--betas")
+    if values is None or len(values) != 2:
+        _fail(f"--betas takes two numbers, e.g. 0.9,0.999; got {text!r}")
+    return values
+
+
+def _check_data_options(cfg: RunConfig) -> None:
+    """A mistyped --data-opt key is named before any data is read (loaders would otherwise
+    swallow it through ``**kwargs``)."""
+    from .datasets import DATASETS
+
+    loader = DATASETS.get(cfg.dataset)
+    params = inspect.signature(loader).parameters
+    named = {n for n, p in params.items() if p.kind is not p.VAR_KEYWORD}
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        # loaders pass **kw on to a shared reader: accept what that reader takes too
+        from .datasets.listfile import load_list_splits
+
+        named |= set(inspect.signature(load_list_splits).parameters)
+    reserved = {"root", "protocol", "seed", "image_size", "augment", "name"}
+    unknown = sorted(set(cfg.dataset_options) - (named - reserved) - {"skip_bad"})
+    if unknown:
+        raise ConfigError(
+            f"--data-opt {', '.join(unknown)}: not an option of dataset {cfg.dataset!r}; it "
+            f"takes {', '.join(sorted(named - reserved - {'problems'})) or 'none'}")
+
+
+def _train(stage: str, **given: Any) -> None:
+    from .train import train_run
     from .ui import RichProgress, console, print_table
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if resume and flags.get("out") and (Path(flags["out"]) / CONFIG).is_file():
-            # A resumed run continues its own config; only --epochs may extend it.
-            cfg = build_config(stage, Path(flags["out"]) / CONFIG, epochs=flags.get("epochs"))
+    _setup_logging(given.pop("verbose"))
+    resume = given.pop("resume")
+    config = given.pop("config")
+    given["dataset_options"] = _data_options(given.pop("data_opt"))
+    given["betas"] = _betas(given.get("betas"))
+    if stage == "pretrain":
+        given["task"] = "classify"
+    out = given.get("out")
+
+    def interrupted() -> str:
+        where = out or RunConfig().out
+        return (f"the checkpoint is kept; continue with: retrieval-bio {stage} --resume "
+                f"--out {where}")
+
+    with _guard(interrupted):
+        if resume:
+            if not out:
+                raise ConfigError("--resume needs --out DIR, the run folder to continue")
+            cfg = resume_config(out, stage, config, **given)
         else:
-            cfg = build_config(stage, config, **flags)
+            cfg = build_config(stage, config, **given)
+        _check_data_options(cfg)
         result = train_run(cfg, resume=resume, progress=RichProgress())
-    except (ConfigError, RunFolderError, FileNotFoundError, KeyError, ValueError) as e:
-        _fail(str(e).strip("'\""))
-    except NonFiniteLossError as e:
-        _fail(str(e))
-    except KeyboardInterrupt:
-        _fail(f"interrupted; continue with: retrieval-bio {stage} --out "
-              f"{flags.get('out') or RunConfig().out} --resume")
     rows = [(k, v) for k, v in result.metrics.items() if not isinstance(v, (list, dict))]
     print_table(f"{stage}: {result.run_dir}", ["metric", "value"], rows)
-    console.print(f"run folder: [bold]{result.run_dir}[/]")
+    warnings = [h["warning"] for h in result.metrics.get("history", []) if "warning" in h]
+    for w in warnings:
+        _say(f"warning: {w}")
+    console.print(f"run folder: {result.run_dir}", markup=False, highlight=False)
 
 
-@app.command()
-def pretrain(
-    config: Path | None = ConfigOpt,
-    backbone: str | None = BackboneOpt,
-    weights: str | None = WeightsOpt,
-    dataset: str | None = DatasetOpt,
-    root: str | None = RootOpt,
-    protocol: str | None = ProtocolOpt,
-    image_size: int | None = SizeOpt,
-    epochs: int | None = EpochsOpt,
-    batch_size: int | None = BatchOpt,
-    lr_backbone: float | None = LrBOpt,
-    lr_head: float | None = LrHOpt,
-    seed: int | None = SeedOpt,
-    device: str | None = DeviceOpt,
-    out: str | None = OutOpt,
-    data_opt: list[str] | None = DataOpt,
-    resume: bool = ResumeOpt,
-    verbose: bool = VerboseOpt,
-) -> None:
-    """BP pre-training of backbone + classifier (writes config.yaml, metrics.json,
-    checkpoint.pt). The starting point that 'finetune --init' takes."""
-    _run("pretrain", config, resume, verbose, task="classify", backbone=backbone,
-         weights=weights, dataset=dataset, root=root, protocol=protocol,
-         image_size=image_size, epochs=epochs, batch_size=batch_size, lr_backbone=lr_backbone,
-         lr_head=lr_head, seed=seed, device=device, out=out,
-         dataset_options=_data_options(data_opt))
+def _command(stage: str, doc: str) -> Callable[..., None]:
+    """A typer command taking the :data:`RUN_OPTIONS` of ``stage`` (one table serves
+    pretrain and finetune, so the two cannot drift apart)."""
+    params, notes = [], {}
+    for name, annotation, option, stages in RUN_OPTIONS:
+        if stage in stages:
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                                             default=option, annotation=annotation))
+            notes[name] = annotation
+
+    def command(**given: Any) -> None:
+        _train(stage, **given)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = notes
+    command.__doc__ = doc
+    command.__name__ = stage
+    return command
 
 
-@app.command()
-def finetune(
-    config: Path | None = ConfigOpt,
-    rule: str | None = typer.Option(None, help="Learning rule: bp | fa | usf | frsf | brsf."),
-    scale: str | None = typer.Option(
-        None, help="Feedback scale: norm (default, |B|=|W| per layer) | none | init."),
-    task: str | None = typer.Option(None, help="classify | hash (HyP² hash head)."),
-    bits: int | None = typer.Option(None, help="Code length K in bits (hash task)."),
-    init: str | None = typer.Option(
-        None, help="Start from this pretrain run folder or weights file."),
-    backbone: str | None = BackboneOpt,
-    weights: str | None = WeightsOpt,
-    dataset: str | None = DatasetOpt,
-    root: str | None = RootOpt,
-    protocol: str | None = ProtocolOpt,
-    image_size: int | None = SizeOpt,
-    k: int | None = typer.Option(None, help="mAP@k cut-off (<= 0: whole database)."),
-    epochs: int | None = EpochsOpt,
-    batch_size: int | None = BatchOpt,
-    lr_backbone: float | None = LrBOpt,
-    lr_head: float | None = LrHOpt,
-    seed: int | None = SeedOpt,
-    device: str | None = DeviceOpt,
-    out: str | None = OutOpt,
-    data_opt: list[str] | None = DataOpt,
-    resume: bool = ResumeOpt,
-    verbose: bool = VerboseOpt,
-) -> None:
-    """Fine-tune every parameter with a learning rule behind a new task layer (SPEC §3
-    defaults: Adam, lr 1e-5 backbone / 1e-4 head, weight decay 5e-4, 20 epochs, batch 32).
-    Hashing runs select the epoch by validation mAP and write codes.npz."""
-    _run("finetune", config, resume, verbose, rule=rule, scale=scale, task=task, bits=bits,
-         init=init, backbone=backbone, weights=weights, dataset=dataset, root=root,
-         protocol=protocol, image_size=image_size, k=k, epochs=epochs, batch_size=batch_size,
-         lr_backbone=lr_backbone, lr_head=lr_head, seed=seed, device=device, out=out,
-         dataset_options=_data_options(data_opt))
+pretrain = app.command("pretrain")(_command("pretrain", """BP pre-training of backbone +
+classifier (writes config.yaml, metrics.json, checkpoint.pt, best.pt, training_curve.png).
+The starting point that 'finetune --init' takes."""))
+
+finetune = app.command("finetune")(_command("finetune", """Fine-tune every parameter with a
+learning rule behind a new task layer (SPEC §3 defaults: Adam, lr 1e-5 backbone / 1e-4 head,
+weight decay 5e-4, 20 epochs, batch 32). Hashing runs select the epoch by validation mAP
+and write codes.npz and database.index."""))
+
+
+# -- data ---------------------------------------------------------------------------------
 
 
 @data_app.command("check")
@@ -163,65 +309,102 @@ def data_check(
     name: str = typer.Argument(..., help="Dataset name: cifar10, nuswide21, coco, list..."),
     root: str | None = typer.Option(None, help="Folder holding the dataset on disk."),
     lists: str | None = typer.Option(None, help="Folder of list files (default: --root)."),
-    protocol: str | None = ProtocolOpt,
+    protocol: str | None = typer.Option(None, help="Split protocol (default: the dataset's)."),
     seed: int = typer.Option(0, help="Seed of the split."),
     counts: str | None = typer.Option(
         None, help="Protocol size overrides, e.g. 'query=5,validation=5,train=10'."),
     skip_bad: bool = typer.Option(
-        False, "--skip-bad", help="Exit 0 when only skippable items (bad lines/images) fail."),
+        False, "--skip-bad/--no-skip-bad",
+        help="Exit 0 when only skippable items (bad lines/images) fail."),
     max_problems: int = typer.Option(20, help="How many problems to list."),
 ) -> None:
     """Validate a dataset on disk: parse every list line, open and decode every image,
     build the protocol's splits and report their sizes and the first problems."""
     from .datasets import check
-    from .ui import console, print_table
+    from .ui import print_table
 
     kw: dict = {"lists": lists} if lists else {}
-    try:
+    with _guard():
         if counts:
-            kw["counts"] = {k.strip(): int(v) for k, v in
-                            (item.split("=") for item in counts.split(","))}
+            try:
+                kw["counts"] = {k.strip(): int(v) for k, v in
+                                (item.split("=") for item in counts.split(","))}
+            except ValueError:
+                raise ConfigError(f"--counts takes SPLIT=N,..., got {counts!r}") from None
         report = check(name, root, protocol=protocol, seed=seed, max_problems=max_problems,
                        **kw)
-    except (KeyError, ValueError) as e:
-        _fail(str(e).strip("'\""))
     if report.sizes is not None:
         print_table(f"{name}: {report.info.get('protocol', '')} (C = {report.num_classes})",
                     ["split", "items"], list(report.sizes.items()))
     for p in report.problems:
-        console.print(f"[yellow]problem:[/] {p}", highlight=False, soft_wrap=True)
+        _say(f"problem: {p}", err=False)
     if report.n_problems > len(report.problems):
-        console.print(f"... and {report.n_problems - len(report.problems)} more problems")
+        _say(f"... and {report.n_problems - len(report.problems)} more problems", err=False)
     if report.fatal:
         _fail(report.fatal)
     verdict = "ok" if report.ok else f"{report.n_problems} bad item(s)"
-    console.print(f"{name}: {verdict}" + (", skipped" if skip_bad and not report.ok else ""))
+    _say(f"{name}: {verdict}" + (", skipped" if skip_bad and not report.ok else ""), err=False)
     if not report.usable(skip_bad):
         raise typer.Exit(1)
 
 
+# -- evaluate, attack, compare, report ----------------------------------------------------
+
+WeightsChoice = typer.Option(
+    "best", "--weights", help="Which weights: best (the selected epoch, best.pt), last "
+    "(checkpoint.pt) or a checkpoint file.")
+SkipBadOpt = typer.Option(None, "--skip-bad/--no-skip-bad",
+                          help="Skip unreadable images (default: the run's own setting).")
+DeviceChoice = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps.")
+
+
+def _metric_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
+    rows = []
+    for key, v in report.items():
+        if isinstance(v, (dict, list)) or key in ("written_to",):
+            continue
+        if key == "map@k":
+            key = "mAP@all" if report.get("k", 0) <= 0 else f"mAP@{report['k']}"
+        elif key == "map@k_expected_ties":
+            key += " (all)" if report.get("k", 0) <= 0 else ""
+        rows.append((key, v))
+    w = report.get("evaluated_weights") or {}
+    if w:
+        rows.append(("weights", f"{w.get('file')} (epoch {w.get('epoch')})"))
+    return rows
+
+
 @app.command()
 def evaluate(
-    run: Path = typer.Argument(..., help="Run folder written by 'finetune'."),
+    run: Path = typer.Argument(..., help="Run folder written by 'finetune' or 'pretrain'."),
     k: int | None = typer.Option(None, help="mAP@k cut-off (<= 0: whole database); "
                                  "default: the run's own."),
     radius: int = typer.Option(2, help="Hamming radius of the precision-within-radius metric."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | mps (classification runs)."),
+    weights: str = WeightsChoice,
+    encode: bool = typer.Option(
+        False, "--encode/--no-encode", help="Re-encode query and database with the weights "
+        "(rewrites codes.npz and database.index); what finishes a run whose final encode "
+        "stopped on a bad image, with --skip-bad."),
+    index: str | None = typer.Option(None, "--index", help="Index kind when re-encoding: "
+                                     "flat | hash | multihash | ivf (default: the run's)."),
+    skip_bad: bool | None = SkipBadOpt,
+    device: str = DeviceChoice,
 ) -> None:
     """Evaluate a run: mAP@k (index and expected ties), precision/recall@k, P@H<=2 and the
     PR curve for hashing runs; test accuracy for classification runs. Merged into
-    metrics.json."""
-    from .runs import RunFolderError
+    metrics.json, with the weights file and epoch used."""
     from .ui import RichProgress, console, print_table
     from .workflows import evaluate_run
 
-    try:
-        report = evaluate_run(run, k=k, radius=radius, device=device, progress=RichProgress())
-    except (FileNotFoundError, RunFolderError, ConfigError) as e:
-        _fail(str(e))
-    rows = [(key, v) for key, v in report.items() if not isinstance(v, (dict, list))]
-    print_table(f"evaluate: {run}", ["metric", "value"], rows)
-    console.print(f"written to [bold]{run / 'metrics.json'}[/]")
+    with _guard():
+        report = evaluate_run(run, k=k, radius=radius, device=device, weights=weights,
+                              encode_codes=encode or index is not None, index=index,
+                              skip_bad=skip_bad, progress=RichProgress())
+    print_table(f"evaluate: {run}", ["metric", "value"], _metric_rows(report))
+    for note in report["notes"]:
+        _say(f"note: {note}")
+    if report.get("written_to"):
+        console.print(f"written to {report['written_to']}", markup=False, highlight=False)
 
 
 def _float_list(text: str | None, what: str) -> list[float] | None:
@@ -238,6 +421,28 @@ def _cell(v: object) -> object:
     return "–" if v is None else v
 
 
+def print_attack_report(report: dict[str, Any]) -> None:
+    """The table of one attack report, its notes and where it is written."""
+    from .eval.robustness import report_rows
+    from .ui import print_table
+
+    header, rows = report_rows(report)
+    k = f", k={report['k']}" if report.get("k") is not None else ""
+    budget = (f"{report['steps']} model queries/image" if report["attack"] == "square"
+              else f"{report['steps']} step(s)")
+    w = report.get("weights") or {}
+    used = f", {w.get('file')} epoch {w.get('epoch')}" if w else ""
+    print_table(f"{report['attack']} on {report.get('rule', '?')} ({report['num_queries']} "
+                f"queries, {budget}{k}{used})", header, [[_cell(v) for v in r] for r in rows])
+    if not report.get("complete", True):
+        _say("note: some cells are empty (an interrupted sweep); run the same command again "
+             "to compute them")
+    for note in report.get("notes", []):
+        _say(f"note: {note}")
+    if report.get("path"):
+        _say(f"report: {report['path']}", err=False)
+
+
 @app.command("attack")
 def attack_cmd(
     name: str = typer.Argument(..., help="hag | sdha (hash runs) | fgsm | pgd | square "
@@ -247,45 +452,53 @@ def attack_cmd(
         None, help="Comma-separated L∞ budgets in [0, 1] pixels (default: hash "
         "0.001,0.005,0.01,0.05,0.1,0.5; classify 0,0.001,0.005,0.01,0.05,0.1,0.5)."),
     steps: int | None = typer.Option(
-        None, help="Attack iterations (HAG/SDHA default: the preset's, paper = 5; PGD 5); "
-        "Square: queries per image (default 1000)."),
+        None, help="Iterations of an iterative attack (HAG/SDHA default: the preset's, "
+        "paper = 5; PGD 5). Not for square: see --queries-per-image."),
+    queries_per_image: int | None = typer.Option(
+        None, "--queries-per-image", help="Square only: model queries per image "
+        "(default 1000)."),
     grad: str = typer.Option("exact,model", help="Gradient sources: exact (through W) and/or "
                              "model (the rule's feedback path). Square is gradient-free."),
     preset: str | None = typer.Option(None, help="HAG/SDHA preset: paper | reference."),
-    max_queries: int | None = typer.Option(
-        None, "--max-queries", help="Attack a seeded subsample of this many queries."),
+    num_images: int | None = typer.Option(
+        None, "--num-images", help="Attack a seeded subsample of this many query images "
+        "(default: all)."),
     batch_size: int = typer.Option(128, "--batch-size", help="Attack batch size."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | mps."),
+    weights: str = WeightsChoice,
+    overwrite: bool = typer.Option(
+        False, "--overwrite/--no-overwrite", help="Recompute cells that a report with the "
+        "same settings already holds."),
+    report_dir: Path | None = typer.Option(
+        None, "--report-dir", help="Folder for the report (default: the run folder)."),
+    skip_bad: bool | None = SkipBadOpt,
+    device: str = DeviceChoice,
     seed: int = typer.Option(0, help="Seed of the attack and of the query subsample."),
 ) -> None:
     """Attack a run's model over an ε sweep with each gradient source: adversarial mAP@k
     (hash: adversarial queries vs the clean database, with clean and theory levels) or
-    robust accuracy (classify). Writes attack-NAME.json and attack-NAME.png into the run."""
-    from .eval.robustness import report_paths, report_rows
-    from .runs import RunFolderError
-    from .ui import RichProgress, console, print_table
+    robust accuracy (classify). Writes attack-NAME-KEY.json and .png into the run, KEY a
+    digest of the settings: other settings make another report; the same settings reuse
+    the cells already computed (an interrupted sweep continues)."""
+    from .ui import RichProgress
     from .workflows import attack_run
 
     grads = [g.strip() for g in grad.split(",") if g.strip()]
-    try:
-        report = attack_run(run, name, _float_list(eps, "--eps"), grads=grads, steps=steps,
-                            preset=preset, max_queries=max_queries, batch_size=batch_size,
-                            device=device, seed=seed, progress=RichProgress())
-    except (FileNotFoundError, RunFolderError, ConfigError, KeyError, ValueError,
-            RuntimeError) as e:
-        _fail(str(e).strip("'\""))
-    header, rows = report_rows(report)
-    k = f", k={report['k']}" if report.get("k") is not None else ""
-    budget = (f"{report['steps']} model queries/image" if name == "square"
-              else f"{report['steps']} step(s)")
-    print_table(f"{name} on {report['rule']} ({report['num_queries']} queries, {budget}{k})",
-                header,
-                [[_cell(v) for v in r] for r in rows])
-    for note in report["notes"]:
-        console.print(f"note: {note}", highlight=False)
-    for path in report_paths(run, name):
-        if path.is_file():
-            console.print(f"written: [bold]{path}[/]")
+    if name == "square":
+        if steps is not None:
+            _fail("square is not iterative: give its budget with --queries-per-image, not "
+                  "--steps")
+        steps = queries_per_image
+    elif queries_per_image is not None:
+        _fail(f"--queries-per-image is Square's budget; {name} takes --steps")
+    eps_list = _float_list(eps, "--eps")
+    kept = (f"the finished (source, ε) cells are kept in {report_dir or run}/attack-{name}-"
+            f"*.json; run the same command again to continue")
+    with _guard(kept):
+        report = attack_run(run, name, eps_list, grads=grads, steps=steps, preset=preset,
+                            max_queries=num_images, batch_size=batch_size, device=device,
+                            seed=seed, weights=weights, overwrite=overwrite,
+                            out_dir=report_dir, skip_bad=skip_bad, progress=RichProgress())
+    print_attack_report(report)
 
 
 @app.command()
@@ -296,42 +509,72 @@ def compare(
 ) -> None:
     """Put several runs (e.g. BP vs frSF vs uSF) side by side under each attack they were
     evaluated with: one table and one plot per attack (exact-gradient lines solid,
-    model-gradient lines dashed, one colour per run)."""
+    model-gradient lines dashed, one colour per run). Says which report each column comes
+    from, and warns when the runs differ in dataset, queries, steps or ε grid."""
     from .eval.compare import compare_rows, compare_runs
-    from .ui import console, print_table
+    from .ui import print_table
 
-    try:
+    with _guard():
         result = compare_runs(runs, out)
-    except (FileNotFoundError, ValueError) as e:
-        _fail(str(e))
     for name, entry in result["attacks"].items():
         header, rows = compare_rows(entry)
         print_table(f"{name}: {entry['metric']}", header, [[_cell(v) for v in r] for r in rows])
+        for label, r in entry["runs"].items():
+            _say(f"{name} {label}: {r['report']}", err=False)
+    for w in result["warnings"]:
+        _say(f"warning: {w}")
     for png in result["plots"].values():
-        console.print(f"written: [bold]{out / png}[/]")
-    console.print(f"written: [bold]{out / 'compare.json'}[/]")
+        _say(f"written: {out / png}", err=False)
+    _say(f"written: {out / 'compare.json'}", err=False)
+
+
+@app.command()
+def report(
+    run: Path = typer.Argument(..., help="Run folder."),
+) -> None:
+    """Show what a run folder holds: its config, test metrics (and the weights they came
+    from) and every attack report, each with the file it was read from."""
+    from .eval.compare import load_reports
+    from .runs import CONFIG, METRICS, read_json
+    from .ui import print_table
+
+    with _guard():
+        cfg = RunConfig.load(run / CONFIG)
+        metrics = read_json(run / METRICS)
+        problems: list[str] = []
+        reports = load_reports(run, problems)
+    print_table(f"run {run}: {cfg.stage} {cfg.task}, rule {cfg.rule}, {cfg.backbone} on "
+                f"{cfg.dataset}", ["metric", "value"],
+                [(k, v) for k, v in metrics.items() if not isinstance(v, (dict, list))])
+    w = metrics.get("test_weights")
+    if w:
+        _say(f"test metrics from {w.get('file')} (epoch {w.get('epoch')})", err=False)
+    if not reports:
+        _say(f"no attack report in {run}; run 'retrieval-bio attack <name> {run}'", err=False)
+    for rep in reports:
+        print_attack_report(rep)
+    for p in problems:
+        _say(f"warning: {p}")
 
 
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for the runs."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | mps."),
+    device: str = DeviceChoice,
     seed: int = typer.Option(0, help="Seed of every random choice."),
 ) -> None:
-    """End to end on the bundled digits (about 30 s on 2 idle CPU cores): BP pre-training,
+    """End to end on the bundled digits (about a minute on 2 CPU cores): BP pre-training,
     BP and frSF hashing fine-tunes, FAISS index, mAP@k, HAG and SDHA with exact and model
-    gradients, and the comparison table. Re-running reuses finished training stages."""
+    gradients, and the comparison table. Re-running reuses finished stages."""
     from .demo import DemoSettings, run_demo
     from .eval.compare import compare_rows
-    from .ui import RichProgress, console, print_table
+    from .ui import RichProgress, print_table
 
-    try:
+    with _guard(f"finished stages are kept; run the same command again to continue ({out})"):
         summary = run_demo(out, DemoSettings(seed=seed, device=device), progress=RichProgress())
-    except (FileExistsError, ConfigError) as e:
-        _fail(str(e))
     p = summary["pretrain"]
-    console.print(f"BP pre-training: validation accuracy {p['val_accuracy']:.3f}, "
-                  f"test accuracy {p['test_accuracy']:.3f}")
+    _say(f"BP pre-training: validation accuracy {p['val_accuracy']:.3f}, "
+         f"test accuracy {p['test_accuracy']:.3f}", err=False)
     rows = [(rule, r["map@k"], r["map@k_expected_ties"], r["precision@h<=2"],
              r["index"]["faiss_precision"], r["index"]["agree"])
             for rule, r in summary["retrieval"].items()]
@@ -343,8 +586,8 @@ def demo(
         print_table(f"{attack.upper()}: adversarial mAP (exact = through W, model = the "
                     f"rule's own gradient)", header, rows)
     for note in summary["notes"]:
-        console.print(f"note: {note}", highlight=False)
-    console.print(f"runs, plots and demo.json in [bold]{out}[/]")
+        _say(f"note: {note}", err=False)
+    _say(f"runs, plots and demo.json in {out}", err=False)
 
 
 @app.command("list")
@@ -369,3 +612,7 @@ def list_cmd(
 
 def main() -> None:  # pragma: no cover
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

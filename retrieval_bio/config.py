@@ -10,6 +10,8 @@ layer, 20 epochs, batch 32, 32-bit codes.
 
 from __future__ import annotations
 
+import math
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -26,7 +28,10 @@ class ConfigError(ValueError):
 STAGES = ("pretrain", "finetune")
 TASKS = ("classify", "hash")
 SCALES = ("norm", "none", "init")
-DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICES = ("auto", "cpu", "cuda", "mps")  # and "cuda:N" for the N-th GPU
+#: Keys a resumed run may change: they alter neither the math nor the data order of the
+#: steps already taken (``skip_bad`` drops unreadable items; see docs/robustness-of-runs).
+RESUME_SAFE = ("epochs", "skip_bad", "num_workers", "device", "out")
 
 
 @dataclass
@@ -61,6 +66,9 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    skip_bad: bool = False  # skip (and count) unreadable images and bad list lines
+    index: str = "flat"  # FAISS index kind of database.index (see retrieval_bio.index)
+    divergence_factor: float = 100.0  # stop when the loss exceeds this x its start; 0: off
     out: str = "runs/latest"
     dataset_options: dict[str, Any] = field(default_factory=dict)  # loader kwargs: lists=, ...
 
@@ -77,14 +85,23 @@ class RunConfig:
         _choice("stage", self.stage, STAGES)
         _choice("task", self.task, TASKS)
         _choice("scale", self.scale, SCALES)
-        _choice("device", self.device, DEVICES)
-        from .rules import RULES  # late: rules imports models
+        if not re.fullmatch(r"cuda:\d+", self.device):
+            _choice("device", self.device, DEVICES + ("cuda:N",))
+        from .index import INDEX_KINDS  # late: keep `import config` light
+        from .rules import RULES
 
         _choice("rule", self.rule, tuple(RULES))
+        _choice("index", self.index, tuple(INDEX_KINDS))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
         for name in ("image_size", "bits", "epochs", "batch_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("lr_backbone", "lr_head", "proxy_lr_mult", "weight_decay"):
+        for name in ("lr_backbone", "lr_head", "proxy_lr_mult", "weight_decay",
+                     "divergence_factor"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.task == "hash" and self.bits % 8:
@@ -127,6 +144,8 @@ class RunConfig:
             raise ConfigError(f"config file {path} does not exist")
         try:
             data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} cannot be read: {e}") from e
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
         try:
@@ -148,16 +167,98 @@ def stage_defaults(stage: str) -> dict[str, Any]:
     return {"stage": stage}
 
 
+#: What ``finetune --init RUN`` takes from RUN's config unless given: the backbone the
+#: weights were trained as, and the input size they were trained at.
+INHERITED_FROM_INIT = ("backbone", "image_size")
+
+
 def build_config(
     stage: str, config_file: str | Path | None = None, **overrides: Any
 ) -> RunConfig:
-    """Stage defaults, then the YAML file, then CLI ``overrides`` (``None`` = not given)."""
+    """Stage defaults, then the YAML file, then CLI ``overrides`` (``None`` = not given).
+
+    With ``init`` pointing at a run folder, the keys of :data:`INHERITED_FROM_INIT` that
+    neither the file nor a flag sets are taken from that run's ``config.yaml``.
+    """
     base = RunConfig.from_dict(stage_defaults(stage))
+    explicit: set[str] = set()
     if config_file is not None:
         file_cfg = RunConfig.load(config_file).to_dict()
-        explicit = yaml.safe_load(Path(config_file).read_text()) or {}
-        base = base.replace(**{k: file_cfg[k] for k in explicit})
-    return base.replace(**overrides)
+        keys = _yaml_mapping(config_file)
+        explicit |= set(keys)
+        base = base.replace(**{k: file_cfg[k] for k in keys})
+    explicit |= {k for k, v in overrides.items() if v is not None}
+    cfg = base.replace(**overrides)
+    inherited = _from_init(cfg.init, [k for k in INHERITED_FROM_INIT if k not in explicit])
+    return cfg.replace(**inherited) if inherited else cfg
+
+
+def _yaml_mapping(path: str | Path) -> dict[str, Any]:
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    return data if isinstance(data, dict) else {}
+
+
+def _from_init(init: str | None, keys: list[str]) -> dict[str, Any]:
+    """``keys`` of the config of run folder ``init`` (nothing for a weights file)."""
+    if not init or not keys:
+        return {}
+    cfg_path = Path(init) / "config.yaml"
+    if not cfg_path.is_file():
+        return {}
+    source = RunConfig.load(cfg_path)
+    return {k: getattr(source, k) for k in keys}
+
+
+def resume_config(
+    run_dir: str | Path, stage: str, config_file: str | Path | None = None, **overrides: Any
+) -> RunConfig:
+    """The config a resumed run continues: the one stored in ``run_dir``, with ``out`` set
+    to ``run_dir`` (wherever the folder has been moved or copied to).
+
+    A key given again (by ``config_file`` or a non-``None`` override) must equal the stored
+    value, unless it is in :data:`RESUME_SAFE`, in which case it is applied (and recorded
+    when the run saves its config).
+
+    Raises:
+        ConfigError: no ``config.yaml`` in ``run_dir``; the stored run is of another stage;
+            or a given value contradicts the stored one (both values are named).
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"--resume: {path} does not exist, so there is no run to continue in {run_dir}; "
+            f"start it without --resume")
+    stored = RunConfig.load(path)
+    given: dict[str, Any] = {}
+    if config_file is not None:
+        file_cfg = RunConfig.load(config_file).to_dict()
+        given.update({k: file_cfg[k] for k in _yaml_mapping(config_file)})
+    given.update({k: v for k, v in overrides.items() if v is not None})
+    given.pop("out", None)
+    if stored.stage != stage:
+        raise ConfigError(
+            f"{run_dir} holds a {stored.stage} run; resume it with 'retrieval-bio "
+            f"{stored.stage} --resume --out {run_dir}'")
+    probe = stored.replace(**given)  # validates and normalises the given values
+    apply: dict[str, Any] = {"out": str(run_dir)}
+    for key in given:
+        new, old = getattr(probe, key), getattr(stored, key)
+        if new == old:
+            continue
+        if key in RESUME_SAFE:
+            apply[key] = new
+            continue
+        raise ConfigError(
+            f"--{key.replace('_', '-')} {_show(new)} contradicts the run being resumed "
+            f"({path} has {key}: {_show(old)}); a resumed run continues its own config. Drop "
+            f"the option, or start a new run with another --out. Options that may change on "
+            f"resume: {', '.join('--' + k.replace('_', '-') for k in RESUME_SAFE)}")
+    return stored.replace(**apply)
+
+
+def _show(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -206,4 +307,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     return value
 
 
-__all__ = ["ConfigError", "RunConfig", "build_config", "stage_defaults"]
+__all__ = [
+    "RESUME_SAFE", "ConfigError", "RunConfig", "build_config", "resume_config",
+    "stage_defaults",
+]

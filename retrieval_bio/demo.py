@@ -107,8 +107,8 @@ def run_demo(
         runs[rule] = Path(cfg.out)
         report = evaluate_run(cfg.out, device=s.device, progress=progress)
         summary["retrieval"][rule] = {
-            **{k: report[k] for k in ("map@k", "map@k_expected_ties", "precision@h<=2",
-                                      "precision@k", "k")},
+            **{k: report.get(k) for k in ("map@k", "map@k_expected_ties", "precision@h<=2",
+                                          "precision@k", "k")},
             "index": index_check(Path(cfg.out))}
     notes: list[str] = []
     for run_dir in runs.values():

@@ -1,66 +1,172 @@
 """Workflows on run folders: evaluate a finished run, attack it.
 
-These sit above ``train`` and ``eval``: they load a run's config and selected model
-(:func:`retrieval_bio.train.load_run`), call the pure evaluation code
-(:mod:`retrieval_bio.eval`), and merge the results into the run folder. ``cli.py`` and the
+These sit above ``train`` and ``eval``: they open a run's config and trained weights
+(:func:`retrieval_bio.train.open_run`), call the pure evaluation code
+(:mod:`retrieval_bio.eval`), and write the results into the run folder. ``cli.py`` and the
 demo call them; library users may too.
+
+Every result records the weights it came from (``{"file", "epoch", "sha256"}``): the selected
+epoch's ``best.pt`` unless ``weights="last"`` or a file is asked for. A missing ``best.pt`` is
+an error, never silently replaced by the last checkpoint.
+
+Attack reports are keyed by their settings (``attack-<name>-<key>.json``, the key a digest of
+the options other than ε and the gradient sources), so a run attacked with other settings
+keeps both reports; a re-run with the same settings reuses the cells already computed and
+computes only the missing ones, which is also how an interrupted sweep continues.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .eval.encode import accuracy, encode
 from .eval.plots import attack_plot, line_plot
 from .eval.report import CODES, load_codes, retrieval_report
 from .eval.robustness import (
     CLASSIFY_ATTACKS,
     DEFAULT_BATCH,
+    GRADIENT_FREE,
     HASH_ATTACKS,
+    NO_GRAD,
+    _Cells,
+    _check_grads,
     attack_task,
     default_eps,
     report_paths,
+    settings_key,
     subsample,
     sweep_classify,
     sweep_hash,
 )
 from .progress import Progress
-from .runs import CONFIG, atomic_write_json, read_json, update_metrics
-from .train import load_run, resolve_device
-from .train.pipeline import retrieval_k
+from .runs import (
+    BEST,
+    CONFIG,
+    METRICS,
+    RunFolderError,
+    atomic_write_json,
+    load_checkpoint,
+    output_dir,
+    read_json,
+    run_weights,
+    update_metrics,
+    weights_info,
+)
+from .train import open_run, resolve_device
+from .train.pipeline import INDEX, build_index, retrieval_k, save_codes, skipped_items
+
+log = logging.getLogger(__name__)
+
+
+def _load_config(run_dir: Path) -> RunConfig:
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise RunFolderError(f"{run_dir} is not a run folder: {path} does not exist")
+    return RunConfig.load(path)
 
 
 def evaluate_run(
     run_dir: str | Path, *, k: int | None = None, radius: int = 2,
-    device: torch.device | str = "auto", progress: Progress | None = None,
+    device: torch.device | str = "auto", weights: str = "best", encode_codes: bool = False,
+    skip_bad: bool | None = None, index: str | None = None,
+    out_dir: str | Path | None = None, progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Re-evaluate a finished run and merge the result into its ``metrics.json``.
+    """Evaluate a finished run and merge the result into its ``metrics.json``.
 
-    Hashing runs: every SPEC §5 metric from ``codes.npz`` (``k`` defaults to the run's own),
-    the PR curve also plotted to ``pr_curve.png``. Classification runs: test accuracy of the
-    selected model on the query split.
+    Hashing runs: every SPEC §5 metric from ``codes.npz`` (``k`` defaults to the run's own;
+    at ``k <= 0`` mAP is over the whole database and precision/recall@k, which would be the
+    label base rate and 1, are left out), the PR curve plotted to ``pr_curve.png``. The codes
+    are re-encoded from the weights (and ``codes.npz`` and ``database.index`` rewritten)
+    when ``encode_codes`` is set, when ``weights`` is not ``"best"`` (the stored codes are
+    the selected epoch's), or when ``codes.npz`` is missing — the way to finish a run whose
+    final encode stopped on a bad image (with ``skip_bad=True``).
+    Classification runs: test accuracy on the query split.
+
+    Args:
+        weights: ``"best"`` | ``"last"`` | a checkpoint file (see :func:`open_run`).
+        skip_bad: skip unreadable images while encoding (default: the run's setting).
+        index: FAISS index kind for the rewritten ``database.index`` (default: the run's).
+        out_dir: where to write (default ``run_dir``; an unwritable folder falls back to
+            :func:`fallback_dir` with a note in ``report["notes"]``).
+
+    Returns:
+        The metrics, plus ``weights`` (the weights they came from) and ``notes``.
+
+    Raises:
+        RunFolderError: missing or damaged run files (named, with the fix).
     """
     run_dir = Path(run_dir)
-    cfg = RunConfig.load(run_dir / CONFIG)
+    cfg = _load_config(run_dir)
+    metrics = read_json(run_dir / METRICS)  # a damaged file is an error before any work
+    notes: list[str] = []
+    dest = output_dir(run_dir, out_dir, notes)
+    dev = resolve_device(device)
+    report: dict[str, Any]
     if cfg.task == "hash":
-        if k is None:
-            k = read_json(run_dir / "metrics.json").get("k", cfg.k if cfg.k is not None else 0)
-        report = retrieval_report(load_codes(run_dir / CODES), k, radius)
-        _plot_pr(run_dir / "pr_curve.png", report["pr_curve"], cfg)
+        codes_path = run_dir / CODES
+        if encode_codes or weights != "best" or not codes_path.is_file():
+            run = open_run(run_dir, weights=weights, device=dev, skip_bad=skip_bad)
+            if index is not None:
+                run.config = run.config.replace(index=index)
+            codes = _encode_codes(run, dest, progress)
+            k = retrieval_k(run.config, run.splits) if k is None else k
+            used = run.weights
+            extra = {"skipped_items": skipped_items(run.splits)}
+        else:
+            codes = load_codes(codes_path)
+            k = metrics.get("k", cfg.k if cfg.k is not None else 0) if k is None else k
+            used = metrics.get("test_weights") or {"file": BEST, "epoch": metrics.get(
+                "best_epoch"), "sha256": None}
+            extra = {}
+        report = {**retrieval_report(codes, k, radius), **extra}
+        try:
+            _plot_pr(dest / "pr_curve.png", report["pr_curve"], cfg)
+        except OSError as e:
+            notes.append(f"pr_curve.png not written: {e}")
     else:
-        dev = resolve_device(device)
-        cfg, model, splits = load_run(run_dir, device=dev)
-        logits, labels, _ = encode(model, splits.query, batch_size=max(cfg.batch_size, 128),
-                                   device=dev, progress=progress, description="test")
-        report = {"test_accuracy": accuracy(logits, labels)}
-    update_metrics(run_dir, **report)
+        run = open_run(run_dir, weights=weights, device=dev, skip_bad=skip_bad)
+        logits, labels, _ = encode(run.model, run.splits.query,
+                                   batch_size=max(cfg.batch_size, 128), device=dev,
+                                   progress=progress, description="test")
+        report = {"test_accuracy": accuracy(logits, labels),
+                  "skipped_items": skipped_items(run.splits)}
+        used = run.weights
+    report["evaluated_weights"] = used
+    try:
+        update_metrics(dest, **report)
+        report["written_to"] = str(dest / METRICS)
+    except OSError as e:
+        notes.append(f"{dest / METRICS} not written ({e}); the results are only shown")
+        report["written_to"] = None
+    report["notes"] = notes
     return report
+
+
+def _encode_codes(run: Any, dest: Path, progress: Progress | None) -> dict[str, np.ndarray]:
+    """Encode query and database with the opened run's model; write ``codes.npz`` and
+    ``database.index`` into ``dest``. Returns the codes as :func:`load_codes` would."""
+    from .index import sign_codes
+
+    cfg, model, splits = run.config, run.model, run.splits
+    dev = next(model.parameters()).device
+    bs = max(cfg.batch_size, 128)
+    q, ql, qi = encode(model, splits.query, batch_size=bs, device=dev, progress=progress,
+                       description="encoding queries")
+    d, dl, di = encode(model, splits.database, batch_size=bs, device=dev, progress=progress,
+                       description="encoding database")
+    q_codes, d_codes = sign_codes(q), sign_codes(d)
+    save_codes(dest / CODES, q_codes, ql, qi, d_codes, dl, di)
+    build_index(cfg, d_codes).save(dest / INDEX)
+    return load_codes(dest / CODES)
 
 
 def _plot_pr(path: Path, curve: dict[str, list[float]], cfg: RunConfig) -> None:
@@ -69,16 +175,57 @@ def _plot_pr(path: Path, curve: dict[str, list[float]], cfg: RunConfig) -> None:
               title=f"Precision-recall over Hamming radii: {cfg.backbone} on {cfg.dataset}")
 
 
+def check_attack_options(
+    attack: str, eps: Sequence[float] | None, *, grads: Sequence[str], steps: int | None,
+    preset: str | None, max_queries: int | None, batch_size: int,
+) -> list[float]:
+    """Validate an attack request before anything is loaded; returns the ε list to use.
+
+    Raises:
+        ConfigError: naming the bad option and what it accepts.
+    """
+    try:
+        task = attack_task(attack)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if preset is not None:
+        if task != "hash":
+            raise ConfigError(f"--preset applies to hashing attacks ({', '.join(HASH_ATTACKS)}), "
+                              f"not {attack!r}")
+        if preset not in ("paper", "reference"):
+            raise ConfigError(f"--preset {preset!r} is not a preset; choose paper or reference")
+    eps = default_eps(attack, preset) if eps is None else [float(e) for e in eps]
+    if not eps:
+        raise ConfigError("--eps is empty; give at least one budget, e.g. --eps 0.01,0.05")
+    bad = [e for e in eps if not (math.isfinite(e) and 0.0 <= e <= 1.0)]
+    if bad:
+        raise ConfigError(f"--eps must lie in [0, 1] (L∞ budget in pixel units, images in "
+                          f"[0, 1]), got {', '.join(f'{e:g}' for e in bad)}")
+    if steps is not None and steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {steps}")
+    if max_queries is not None and max_queries < 1:
+        raise ConfigError(f"--num-images must be >= 1, got {max_queries}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if attack not in GRADIENT_FREE:
+        try:
+            _check_grads(grads)
+        except ValueError as e:
+            raise ConfigError(f"--grad: {e}") from None
+    return eps
+
+
 def attack_run(
     run_dir: str | Path, attack: str, eps: Sequence[float] | None = None, *,
     grads: Sequence[str] = ("exact", "model"), steps: int | None = None,
     preset: str | None = None, max_queries: int | None = None,
     batch_size: int = DEFAULT_BATCH, device: str = "auto", seed: int = 0,
     attack_kwargs: dict[str, Any] | None = None, plot: bool = True,
-    progress: Progress | None = None,
+    weights: str = "best", overwrite: bool = False, out_dir: str | Path | None = None,
+    skip_bad: bool | None = None, progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Attack the trained model of a run folder and write ``attack-<name>.json`` (and, with
-    ``plot``, ``attack-<name>.png``) into it.
+    """Attack the trained model of a run folder; write ``attack-<name>-<key>.json`` (and,
+    with ``plot``, the ``.png``) into it, after every finished (source, ε) cell.
 
     Hashing runs take ``hag``/``sdha``, classification runs ``fgsm``/``pgd``/``square``. The
     queries are the run's query split (``max_queries``: a seeded subsample of that many);
@@ -91,45 +238,100 @@ def attack_run(
         eps: L∞ budgets in [0, 1] pixels; ``None``: :func:`default_eps`.
         grads: gradient sources; for a BP run they coincide and are computed once.
         steps, preset: see :func:`sweep_hash` / :func:`sweep_classify`; ``preset`` is for
-            hashing attacks only.
-        max_queries: attack only this many queries (seeded by ``seed``).
-        batch_size: attack batch size (results do not depend on it for HAG/SDHA, whose loss
-            is normalised by a fixed reference batch).
-        device: ``"auto"`` | ``"cpu"`` | ``"cuda"`` | ``"mps"``.
+            hashing attacks only. For Square ``steps`` is its query budget per image.
+        max_queries: attack only this many query images (seeded by ``seed``).
+        batch_size: attack batch size.
+        device: ``"auto"`` | ``"cpu"`` | ``"cuda[:N]"`` | ``"mps"``.
         seed: the attack's seed and the query subsample's.
+        weights: ``"best"`` (default) | ``"last"`` | a checkpoint file.
+        overwrite: recompute every requested cell even if a report of the same settings
+            holds it (a report made from other weights is an error without this).
+        out_dir: folder for the report (default ``run_dir``; unwritable: a temp folder,
+            noted in the report).
 
     Returns:
-        The report (module docstring), as written to the JSON file.
+        The report (see :mod:`retrieval_bio.eval.robustness`), as written to ``report["path"]``.
+
+    Raises:
+        ConfigError: a bad option (checked before the model or data are loaded), or a
+            report of these settings computed from other weights (without ``overwrite``).
+        RunFolderError: missing or damaged run files.
     """
+    run_dir = Path(run_dir)
+    eps = check_attack_options(attack, eps, grads=grads, steps=steps, preset=preset,
+                               max_queries=max_queries, batch_size=batch_size)
     task = attack_task(attack)
-    if preset is not None and task != "hash":
-        raise ValueError(f"--preset applies to hashing attacks (hag, sdha), not {attack!r}")
-    eps = default_eps(attack, preset) if eps is None else [float(e) for e in eps]
-    if any(e < 0 for e in eps):
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    dev = resolve_device(device)
-    t0 = time.perf_counter()
-    cfg, model, splits = load_run(run_dir, device=dev)
+    cfg = _load_config(run_dir)
     if cfg.task != task:
-        raise ValueError(
+        raise ConfigError(
             f"{attack!r} attacks {task} models but {run_dir} is a {cfg.task} run; use "
             f"{' | '.join(HASH_ATTACKS if cfg.task == 'hash' else CLASSIFY_ATTACKS)}"
         )
+    wpath = run_weights(run_dir, weights)
+    settings = {"attack": attack, "steps": steps, "preset": preset, "num_images": max_queries,
+                "seed": int(seed), "batch_size": int(batch_size), "k": cfg.k,
+                "weights": weights if weights in ("best", "last") else str(wpath),
+                "attack_kwargs": attack_kwargs or {}}
+    key = settings_key(settings)
+    notes: list[str] = []
+    dest = output_dir(run_dir, out_dir, notes)
+    json_path, png_path = report_paths(dest, attack, key)
+    previous = None if overwrite else (read_json(json_path) or None)
+    t0 = time.perf_counter()
+    used = weights_info(wpath, load_checkpoint(wpath))
+    if previous is not None:
+        before = previous.get("weights") or {}
+        if before.get("sha256") not in (None, used["sha256"]):
+            raise ConfigError(
+                f"{json_path} was computed from other weights ({before.get('file')}, epoch "
+                f"{before.get('epoch')}) than {wpath} holds now (epoch {used['epoch']}); pass "
+                f"--overwrite to recompute it")
+    effective = [NO_GRAD] if attack in GRADIENT_FREE else list(dict.fromkeys(grads))
+    if previous is not None and not _Cells(previous["metric"], previous).missing(effective, eps):
+        previous["notes"] = [n for n in previous.get("notes", []) if "already" not in n] + [
+            f"every requested cell was already computed with these settings and weights: "
+            f"read from {json_path} (pass --overwrite to recompute)"]
+        previous["path"] = str(json_path)
+        return previous
+
+    dev = resolve_device(device)
+    run = open_run(run_dir, weights=str(wpath), device=dev, skip_bad=skip_bad)
+    model, splits = run.model, run.splits
     queries = subsample(splits.query, max_queries, seed)
+    provenance = {
+        "rule": cfg.rule, "seed": int(seed), "dataset": cfg.dataset, "backbone": cfg.backbone,
+        "bits": cfg.bits if task == "hash" else None, "run": str(run_dir), "device": str(dev),
+        "settings": settings, "key": key, "weights": used, "path": str(json_path),
+    }
+    write_errors: list[str] = []
+
+    def persist(report: dict[str, Any]) -> None:
+        report.update(provenance, time_s=round(time.perf_counter() - t0, 2))
+        report["notes"] = list(dict.fromkeys(notes + report["notes"]))
+        try:
+            atomic_write_json(json_path, report)
+        except OSError as e:  # keep attacking: the results are returned and shown
+            if not write_errors:
+                write_errors.append(f"{json_path} could not be written ({e}); the results "
+                                    f"are only shown")
+                log.warning(write_errors[0])
+
     common = dict(grads=grads, same_grads=cfg.rule == "bp", steps=steps,
                   batch_size=batch_size, device=dev, seed=seed, attack_kwargs=attack_kwargs,
-                  progress=progress)
+                  progress=progress, previous=previous, on_update=persist)
     if task == "hash":
         report = sweep_hash(model, attack, eps, queries=queries, database=splits.database,
                             train=splits.train, k=retrieval_k(cfg, splits), preset=preset,
                             **common)
     else:
         report = sweep_classify(model, attack, eps, queries=queries, **common)
-    report.update(rule=cfg.rule, seed=int(seed), dataset=cfg.dataset, backbone=cfg.backbone,
-                  bits=cfg.bits if task == "hash" else None, run=str(Path(run_dir)),
-                  device=str(dev), time_s=round(time.perf_counter() - t0, 2))
-    json_path, png_path = report_paths(run_dir, attack)
-    atomic_write_json(json_path, report)
+    persist(report)
+    report["notes"] += write_errors
+    if write_errors:
+        report["path"] = None
     if plot:
-        attack_plot(png_path, report)
+        try:
+            attack_plot(png_path, report)
+        except OSError as e:
+            report["notes"].append(f"{png_path} not written: {e}")
     return report

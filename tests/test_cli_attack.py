@@ -37,22 +37,25 @@ def invoke(*args: str):
 def test_attack_hag_prints_table_and_writes_files(runs):
     run = runs["hash-frsf"]
     result, out = invoke("attack", "hag", run, "--eps", "0,0.1", "--steps", "3",
-                         "--max-queries", "20", "--device", "cpu", "--seed", "1")
+                         "--num-images", "20", "--device", "cpu", "--seed", "1")
     assert result.exit_code == 0, out
-    for text in ("map (exact)", "map (model)", "clean", "theory", "0.1", "written:"):
+    for text in ("map (exact)", "map (model)", "clean", "theory", "0.1", "report:"):
         assert text in out
-    rep = json.loads((run / "attack-hag.json").read_text())
+    (path,) = run.glob("attack-hag-*.json")
+    assert f"report: {path}" in out
+    rep = json.loads(path.read_text())
     assert rep["eps"] == [0.0, 0.1] and rep["steps"] == 3 and rep["seed"] == 1
     assert rep["num_queries"] == 20 and rep["grad"] == ["exact", "model"]
-    assert (run / "attack-hag.png").read_bytes()[:4] == b"\x89PNG"
+    assert path.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_attack_classifier_default_eps_and_single_grad(runs):
     run = runs["classify-bp"]
-    result, out = invoke("attack", "fgsm", run, "--grad", "model", "--max-queries", "20",
+    result, out = invoke("attack", "fgsm", run, "--grad", "model", "--num-images", "20",
                          "--device", "cpu")
     assert result.exit_code == 0, out
-    rep = json.loads((run / "attack-fgsm.json").read_text())
+    (path,) = run.glob("attack-fgsm-*.json")
+    rep = json.loads(path.read_text())
     assert rep["eps"] == [0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5]  # SPEC §8's list
     assert rep["grad"] == ["model"] and "accuracy (model)" in out
 
@@ -61,7 +64,7 @@ def test_attack_classifier_default_eps_and_single_grad(runs):
     (("attack", "fgsm", "{hash}", "--device", "cpu"), "hash run"),
     (("attack", "hag", "{hash}", "--eps", "0.1,abc"), "comma-separated"),
     (("attack", "hag", "{hash}", "--grad", "backprop", "--eps", "0.1",
-      "--max-queries", "4", "--device", "cpu"), "grad must be one of"),
+      "--num-images", "4", "--device", "cpu"), "grad must be one of"),
     (("attack", "hag", "{missing}", "--device", "cpu"), "not a run folder"),
 ])
 def test_attack_errors(runs, tmp_path, args, message):
@@ -74,7 +77,7 @@ def test_attack_errors(runs, tmp_path, args, message):
 def test_compare_two_runs(runs, tmp_path):
     for name in ("hash-frsf", "hash-bp"):
         result, out = invoke("attack", "sdha", runs[name], "--eps", "0.05", "--steps", "2",
-                             "--max-queries", "10", "--device", "cpu")
+                             "--num-images", "10", "--device", "cpu")
         assert result.exit_code == 0, out
     out_dir = tmp_path / "cmp"
     result, out = invoke("compare", runs["hash-frsf"], runs["hash-bp"], "--out", out_dir)

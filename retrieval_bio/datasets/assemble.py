@@ -35,12 +35,19 @@ def from_arrays(
 
 def from_files(
     paths: Sequence[str], labels: torch.Tensor, parts: Mapping[str, np.ndarray], *,
-    image_size: int, augment: bool = False, transform_mode: str = "auto", **meta: object,
+    image_size: int, augment: bool = False, transform_mode: str = "auto",
+    origins: Sequence[tuple[str, int | None]] | None = None, **meta: object,
 ) -> DatasetSplits:
-    """Splits over image files ``paths`` with labels ``(M, C)``; see :func:`from_arrays`."""
+    """Splits over image files ``paths`` with labels ``(M, C)``; see :func:`from_arrays`.
+
+    ``origins``: per pooled item, the ``(list file, line)`` it was read from, so an image
+    that fails later is reported with its list line.
+    """
     tf = _transforms(image_size, augment, transform_mode)
     splits = {}
     for s in SPLIT_NAMES:
         idx = np.asarray(parts[s], dtype=np.int64)
-        splits[s] = ImageFileSplit([paths[i] for i in idx], labels[torch.as_tensor(idx)], tf[s])
+        where = [origins[i] for i in idx] if origins is not None else None
+        splits[s] = ImageFileSplit([paths[i] for i in idx], labels[torch.as_tensor(idx)], tf[s],
+                                   where)
     return DatasetSplits(**splits, **meta)  # type: ignore[arg-type]

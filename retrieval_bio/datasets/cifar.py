@@ -1,18 +1,23 @@
 """CIFAR-10 and CIFAR-100 (Krizhevsky, 2009).
 
 Sources: torchvision's python-pickle layout (``cifar-10-batches-py``, ``cifar-100-python``)
-loaded with :mod:`pickle` (no download or checksum step), or for CIFAR-10 an image folder
-per class.
+read with a restricted unpickler (:mod:`.safe_pickle`: only dicts, lists, strings, bytes,
+numbers and numpy arrays; a pickle naming any other global is refused before anything in it
+runs; no download or checksum step), or for CIFAR-10 an image folder per class.
 
-Hashing protocols of CIFAR-10 (per class, seeded, over the pooled 60,000 images; SPEC §6):
+Hashing protocols of CIFAR-10 (per class, seeded, over the pooled 60,000 images; SPEC §6),
+with their default mAP cut-off k (``default_k``; 0 = the whole database):
 
-=============  =====  ==========  =====  =======================================
-protocol       query  validation  train  database
-=============  =====  ==========  =====  =======================================
-``cifar10``    100    100         500    the rest (53,000), seed 001
-``cifar10-1``  100    50          450    everything but query (59,000)
-``cifar10-2``  1,000  500         4,500  train + validation (50,000)
-=============  =====  ==========  =====  =======================================
+=============  =====  ==========  =====  ==============================  ======
+protocol       query  validation  train  database                        k
+=============  =====  ==========  =====  ==============================  ======
+``cifar10``    100    100         500    the rest (53,000), seed 001      5,000
+``cifar10-1``  100    50          450    everything but query (59,000)    0
+``cifar10-2``  1,000  500         4,500  train + validation (50,000)      0
+=============  =====  ==========  =====  ==============================  ======
+
+``cifar10-1`` / ``cifar10-2`` follow DeepHash-pytorch, which scores every CIFAR protocol
+by mAP over the whole database (``topK = -1``); seed 001's ``cifar10`` uses mAP@5000.
 
 ``cifar10-1`` / ``cifar10-2`` have no validation split in the literature (500 / 5,000 train
 per class): we carve 10 % of their train per class as validation, so train + validation is
@@ -21,13 +26,12 @@ overridable with ``counts={"query": q, "validation": v, "train": t}`` (per class
 
 Protocol ``classification`` (CIFAR-10 and CIFAR-100): train = the official train set less a
 seeded, class-stratified validation carve-out (``val_fraction``, default 0.1), validation =
-the carve-out, query = the official test set, database = the official train set.
+the carve-out, query = the official test set, database = the official train set; k = 0.
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -39,6 +43,7 @@ from .errors import DatasetError, ProblemLog, missing
 from .folder import scan_class_folders
 from .images import keep_readable
 from .registry import DATASETS
+from .safe_pickle import load_restricted
 from .splits import merge_counts, per_class_parts, shuffled, stratified_carve
 
 log = logging.getLogger(__name__)
@@ -60,16 +65,20 @@ HASH_PROTOCOLS: dict[str, tuple[dict[str, int], str]] = {
     "cifar10-1": ({"query": 100, "validation": 50, "train": 450}, "all-but-query"),
     "cifar10-2": ({"query": 1000, "validation": 500, "train": 4500}, "train"),
 }
+# mAP cut-off per protocol (0 = whole database); see the module docstring.
+DEFAULT_K: dict[str, int] = {"cifar10": 5000, "cifar10-1": 0, "cifar10-2": 0,
+                             "classification": 0}
 
 
 def _unpickle(path: Path, layout: str) -> dict:
     if not path.is_file():
         raise missing(path, "CIFAR pickle", layout)
-    try:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="latin1")
-    except Exception as e:  # a truncated or foreign file: name it
-        raise DatasetError(f"cannot unpickle {path}: {e}") from e
+    # Never plain pickle.load: a pickle runs whatever globals it names (safe_pickle.py).
+    d = load_restricted(path, "CIFAR pickle")
+    if not isinstance(d, dict):
+        raise DatasetError(
+            f"{path} is not a CIFAR pickle: it holds a {type(d).__name__}, expected a dict"
+        )
     # Python-2 pickles load with str keys under latin1; pickles written by Python 3 may have
     # bytes keys. Accept both.
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
@@ -145,6 +154,8 @@ def load_cifar10(
 ) -> DatasetSplits:
     """CIFAR-10 from ``root`` split per ``protocol`` (default ``cifar10``, seed 001's).
 
+    ``default_k`` of the result: 5000 for ``cifar10``, 0 (whole database) otherwise.
+
     Args:
         counts: per-class overrides of the hashing protocol's query / validation / train.
         val_fraction: validation carve-out of protocol ``classification``.
@@ -162,7 +173,7 @@ def load_cifar10(
     root_p = Path(root)
     problems = problems or ProblemLog.for_load(skip_bad)
     meta = {"name": "cifar10", "num_classes": 10, "multi_label": False,
-            "default_k": 0 if protocol == "classification" else 5000}
+            "default_k": DEFAULT_K[protocol]}
     info = {"protocol": protocol, "seed": seed}
 
     folder = _find(root_p, "cifar-10-batches-py", "data_batch_1")

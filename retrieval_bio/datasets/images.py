@@ -68,20 +68,35 @@ class ImageFileSplit(Dataset):
         paths: image file paths, length N.
         labels: multi-hot labels ``(N, C)``.
         transform: PIL image -> ``(3, H, W)`` float32 in [0, 1] (``make_transform``).
+        origins: optional ``(list file, 1-based line)`` per item, named when the image
+            cannot be read (a file that broke after loading, e.g. during the final encode).
     """
 
-    def __init__(self, paths: Sequence[str], labels: torch.Tensor, transform: Transform) -> None:
+    def __init__(
+        self, paths: Sequence[str], labels: torch.Tensor, transform: Transform,
+        origins: Sequence[tuple[str, int | None]] | None = None,
+    ) -> None:
         if len(paths) != labels.shape[0]:
             raise ValueError(f"{len(paths)} paths but {labels.shape[0]} labels")
+        if origins is not None and len(origins) != len(paths):
+            raise ValueError(f"{len(paths)} paths but {len(origins)} origins")
         self.paths = list(paths)
         self.labels = labels.float()
         self.transform = transform
+        self.origins = list(origins) if origins is not None else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        return self.transform(open_rgb(self.paths[i])), self.labels[i], int(i)
+        try:
+            image = open_rgb(self.paths[i])
+        except DatasetError as e:
+            if self.origins is None or self.origins[i][1] is None:
+                raise
+            where, line = self.origins[i]
+            raise DatasetError(f"{e} (listed at {where}:{line})") from e.__cause__
+        return self.transform(image), self.labels[i], int(i)
 
 
 class ArraySplit(Dataset):

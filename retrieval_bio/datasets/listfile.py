@@ -6,6 +6,13 @@ C-long 0/1 label vector. A list folder holds ``train.txt``, ``test.txt`` (the qu
 ``num_classes`` or the first line, entries in {0, 1}, image file present); a problem names
 the list file and line.
 
+Lines are parsed from the right, so image paths may hold spaces (``my photos/cat [1].png``):
+the last C whitespace-separated fields are the labels, the rest of the line (inner
+whitespace kept, outer whitespace dropped) is the path. While C is unknown (no
+``num_classes``: the first valid line) C is the number of trailing fields that are 0 or 1;
+on that line a path whose last space-separated part is ``0`` or ``1`` (``scan 1.jpg`` is
+fine, ``scan 1`` is not) cannot be told from a label, so pass ``num_classes`` for such data.
+
 Protocols:
 
 * ``lists``: train.txt -> train, test.txt -> query, database.txt -> database; validation =
@@ -21,6 +28,7 @@ The database is shuffled once (seeded) in every protocol.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -36,6 +44,8 @@ from .splits import carve, merge_counts, shuffled
 
 LIST_FILES = {"train": "train.txt", "query": "test.txt", "database": "database.txt"}
 VAL_FILE = "val.txt"
+_FIELD = re.compile(r"\S+")  # one whitespace-separated field of a line
+_BITS = ("0", "1")
 
 LAYOUT = """\
   LISTS/train.txt, LISTS/test.txt, LISTS/database.txt   (optional LISTS/val.txt)
@@ -51,6 +61,15 @@ def read_list_file(
 ) -> tuple[list[str], np.ndarray, list[tuple[str, int]], int | None, str | None]:
     """Parse and validate one list file.
 
+    A line is ``<path> <C labels>``, parsed from the right: the last C whitespace-separated
+    fields are the 0/1 labels and everything before them (inner whitespace kept, outer
+    whitespace dropped) is the path, so paths may hold spaces, tabs and brackets. While C is
+    unknown (``num_classes=None``, first valid line) it is the number of trailing fields that
+    are ``0`` or ``1``: there a path whose last space-separated part is ``0`` or ``1`` would be
+    read as a label; pass ``num_classes`` for such data. On later lines such a path is read as
+    a path when ``data_root/<path>`` is a file, else the line is reported as holding too many
+    labels (the usual cause: one label too many).
+
     Args:
         list_path: the list file.
         data_root: folder the image paths are relative to.
@@ -62,55 +81,93 @@ def read_list_file(
         ``(paths, labels, origins, C, source)``: image paths joined to ``data_root``; uint8
         labels ``(N, C)``; per line ``(list file, 1-based line number)``; the vector length
         used and where it was set.
-        Image files are not checked here (see :func:`images.keep_readable`).
+        Image files are not checked here (see :func:`images.keep_readable`), except for a
+        stat of the rare ambiguous path described above.
     """
     list_path = Path(list_path)
+    data_root = Path(data_root)
     if not list_path.is_file():
         raise missing(list_path, "list file", LAYOUT)
     paths, rows, origins = [], [], []
     if source is None and num_classes is not None:
         source = f"num_classes={num_classes}"
-    with open(list_path, encoding="utf-8") as f:
+    # utf-8-sig: a byte-order mark (some Windows editors write one) must not join the first path
+    with open(list_path, encoding="utf-8-sig") as f:
         for lineno, text in enumerate(f, start=1):
-            tokens = text.split()
-            if not tokens:
+            # (start, end) of every whitespace-separated field, so that the path can be cut
+            # out of the line with its inner whitespace intact.
+            spans = [m.span() for m in _FIELD.finditer(text)]
+            if not spans:
                 continue  # blank lines (e.g. a trailing newline) carry nothing
-            path, vec = tokens[0], tokens[1:]
-            if not vec:
-                problems.report(list_path, f"no label vector after the path {path!r}", lineno)
-                continue
-            bad = [(j, t) for j, t in enumerate(vec) if t not in ("0", "1")]
+            fields = [text[a:b] for a, b in spans]
+            shown = text.strip()
+            # the trailing run of 0/1 fields, leaving at least one field for the path
+            run = next((i for i, t in enumerate(reversed(fields)) if t not in _BITS),
+                       len(fields))
+            run = min(run, len(fields) - 1)
+            if num_classes is None:
+                if run == 0:
+                    problems.report(list_path, _no_vector(fields, shown), lineno)
+                    continue
+                c = run
+            else:
+                c = num_classes
+                if len(fields) < c + 1:  # too few labels, or no path at all
+                    n = len(fields)
+                    problems.report(
+                        list_path, f"expected a path and {_count(c, 'label')}, found "
+                        f"{_count(n, 'field')}: {shown!r} (C = {c}, set by {source})", lineno,
+                    )
+                    continue
+            vec = fields[-c:]
+            bad = [(j, t) for j, t in enumerate(vec) if t not in _BITS]
             if bad:
                 j, t = bad[0]
                 problems.report(
                     list_path, f"label entry {j} is {t!r}, entries must be 0 or 1", lineno
                 )
                 continue
-            if num_classes is None:
-                num_classes, source = len(vec), f"{list_path}:{lineno}"
-            if len(vec) != num_classes:
+            path = text[spans[0][0] : spans[-c - 1][1]]
+            if num_classes is not None and run > c and not (data_root / path).is_file():
+                # 'a.jpg 0 1 0' with C = 2: either a path 'a.jpg 0' or one label too many;
+                # only an existing file makes it the former.
                 problems.report(
                     list_path,
-                    f"label vector has {len(vec)} entries, expected {num_classes} "
-                    f"(set by {source})", lineno,
+                    f"label vector has {run} entries, expected {num_classes} (set by {source}); "
+                    f"or, if {path!r} is the image path, that image file is not found",
+                    lineno,
                 )
                 continue
-            paths.append(str(Path(data_root) / path))
-            rows.append(np.fromiter((t == "1" for t in vec), dtype=np.uint8, count=len(vec)))
+            if num_classes is None:
+                num_classes, source = c, f"{list_path}:{lineno}"
+            paths.append(str(data_root / path))
+            rows.append(np.fromiter((t == "1" for t in vec), dtype=np.uint8, count=c))
             origins.append((str(list_path), lineno))
     labels = np.stack(rows) if rows else np.zeros((0, num_classes or 0), np.uint8)
     return paths, labels, origins, num_classes, source
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _no_vector(fields: list[str], shown: str) -> str:
+    """Message for a line without a trailing 0/1 vector while C is still unknown."""
+    found = f"expected a path and a 0/1 label vector, found {_count(len(fields), 'field')}: "
+    if len(fields) == 1:
+        return found + repr(shown)
+    return found + f"{shown!r} (the last field {fields[-1]!r} is not a 0/1 label)"
+
+
 def _read_checked(
     list_path: Path, data_root: Path, problems: ProblemLog, num_classes: int | None,
     source: str | None,
-) -> tuple[list[str], np.ndarray, int | None, str | None]:
+) -> tuple[list[str], np.ndarray, list[tuple[str, int]], int | None, str | None]:
     paths, labels, origins, c, source = read_list_file(
         list_path, data_root, problems, num_classes, source
     )
     keep = keep_readable(paths, problems, origins)
-    return [paths[i] for i in keep], labels[keep], c, source
+    return [paths[i] for i in keep], labels[keep], [origins[i] for i in keep], c, source
 
 
 def load_list_splits(
@@ -138,19 +195,23 @@ def load_list_splits(
     problems = problems or ProblemLog.for_load(skip_bad)
     before = problems.count
 
-    pools: dict[str, tuple[list[str], np.ndarray]] = {}
+    # split -> (paths, labels, (list file, line) per item)
+    pools: dict[str, tuple[list[str], np.ndarray, list[tuple[str, int]]]] = {}
     c, source = num_classes, None
     for split, fname in LIST_FILES.items():
-        paths, labels, c, source = _read_checked(list_dir / fname, data_root, problems, c, source)
-        pools[split] = (paths, labels)
+        paths, labels, where, c, source = _read_checked(list_dir / fname, data_root, problems,
+                                                        c, source)
+        pools[split] = (paths, labels, where)
     if (list_dir / VAL_FILE).is_file() and protocol == "lists":
-        pools["validation"] = _read_checked(list_dir / VAL_FILE, data_root, problems, c, source)[:2]
+        pools["validation"] = _read_checked(list_dir / VAL_FILE, data_root, problems, c,
+                                            source)[:3]
     if c is None:
         raise DatasetError(f"{name}: no valid line in the list files under {list_dir}")
 
     # One pool of items; every split is an index array into it.
     order = [s for s in ("train", "validation", "query", "database") if s in pools]
     all_paths = [p for s in order for p in pools[s][0]]
+    all_origins = [o for s in order for o in pools[s][2]]
     all_labels = np.concatenate([pools[s][1] for s in order])
     offsets = np.cumsum([0] + [len(pools[s][0]) for s in order])
     idx = {s: np.arange(offsets[i], offsets[i + 1]) for i, s in enumerate(order)}
@@ -179,7 +240,8 @@ def load_list_splits(
         multi_label = bool((all_labels.sum(1) > 1).any())
     return from_files(
         all_paths, torch.from_numpy(all_labels.astype(np.float32)), idx, image_size=image_size,
-        augment=augment, name=name, num_classes=c, multi_label=multi_label, default_k=default_k,
+        augment=augment, origins=all_origins, name=name, num_classes=c, multi_label=multi_label,
+        default_k=default_k,
         info={"protocol": protocol.replace("-test", ""), "seed": seed, "source": str(list_dir),
               "skipped": problems.count - before},
     )

@@ -1,18 +1,26 @@
 """Compare runs under the same attacks: the figure and table of seed 001 §6.2 (e.g. BP vs
 frSF vs uSF, exact-gradient lines beside model-gradient ones).
 
-Reads the ``attack-<name>.json`` reports that :func:`retrieval_bio.workflows.attack_run`
-wrote into each run folder; nothing is recomputed.
+Reads the ``attack-*.json`` reports that :func:`retrieval_bio.workflows.attack_run` wrote
+into each run folder (or, for a run folder that could not be written, into its
+:func:`~retrieval_bio.runs.fallback_dir`); nothing is recomputed. A run holding several
+reports of one attack (other steps, queries, seeds...) contributes one entry per report,
+labelled by the settings that differ. Every entry names the report file it came from.
 
 ``compare.json`` schema::
 
-    runs     [{"label", "run", "rule", "task", "dataset", "attacks": [names]}]
+    runs     [{"label", "run", "rule", "task", "dataset", "attacks": [names],
+               "reports": [files]}]  -- runs without any report are listed too
     attacks  {attack: {"metric": "map" | "accuracy",
-                       "eps": sorted union of the runs' ε,
+                       "eps": sorted union of the entries' ε,
                        "runs": {label: {"grad": [...], "eps": [...],
                                         "values": {grad: [...]}, "clean": float,
                                         "theory": float | null, "k": int | null,
-                                        "steps": int, "num_queries": int}}}}
+                                        "steps": int, "num_queries": int,
+                                        "dataset": str, "report": file,
+                                        "settings": {...} | null}}}}
+    warnings [str]: entries that differ in dataset, queries, steps, k or ε grid; runs
+             without reports; report files that could not be read
     plots    {attack: "compare-<attack>.png"} (relative to the output folder)
 """
 
@@ -25,32 +33,65 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..runs import RunFolderError, fallback_dir
+
 log = logging.getLogger(__name__)
 
 REPORT_GLOB = "attack-*.json"
+#: report fields that must agree for a comparison to be like with like
+COMPARABLE = ("dataset", "num_queries", "steps", "k")
 
 
-def load_reports(run_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """attack name -> report for every ``attack-*.json`` in ``run_dir`` (sorted by name).
+def report_files(run_dir: str | Path) -> list[Path]:
+    """The ``attack-*.json`` files of a run folder and of its fallback folder."""
+    run_dir = Path(run_dir)
+    files = sorted(run_dir.glob(REPORT_GLOB))
+    fallback = fallback_dir(run_dir)
+    if fallback.is_dir():
+        files += sorted(fallback.glob(REPORT_GLOB))
+    return files
+
+
+def load_reports(
+    run_dir: str | Path, problems: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Every attack report of ``run_dir`` (sorted by attack, then file), each with
+    ``"path"`` set to the file it was read from. Files that are not readable attack
+    reports are skipped and described in ``problems``.
 
     Raises:
-        FileNotFoundError: ``run_dir`` is not a folder.
+        RunFolderError: ``run_dir`` is not a folder.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir} is not a run folder")
-    reports = {}
-    for path in sorted(run_dir.glob(REPORT_GLOB)):
+        raise RunFolderError(f"{run_dir} is not a run folder")
+    reports = []
+    for path in report_files(run_dir):
         try:
             rep = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            log.warning("skipping %s: %s", path, e)
-            continue
-        if not isinstance(rep, dict) or "metric" not in rep or "attack" not in rep:
-            log.warning("skipping %s: not an attack report", path)
-            continue
-        reports[rep["attack"]] = rep
-    return reports
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            msg = f"{path} skipped: not readable JSON ({e})"
+        else:
+            if isinstance(rep, dict) and "metric" in rep and "attack" in rep:
+                rep["path"] = str(path)
+                reports.append(rep)
+                continue
+            msg = f"{path} skipped: not an attack report"
+        log.warning(msg)
+        if problems is not None:
+            problems.append(msg)
+    return sorted(reports, key=lambda r: (r["attack"], r["path"]))
+
+
+def _run_rule(run_dir: Path, reports: list[dict[str, Any]]) -> str:
+    if reports:
+        return str(reports[0].get("rule", "?"))
+    try:
+        import yaml
+
+        return str((yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("rule", "?"))
+    except (OSError, ValueError, AttributeError):
+        return "?"
 
 
 def run_labels(run_dirs: Sequence[str | Path], rules: Sequence[str]) -> list[str]:
@@ -63,6 +104,16 @@ def run_labels(run_dirs: Sequence[str | Path], rules: Sequence[str]) -> list[str
     return [lab if seen[lab] == 1 else f"{lab}#{i}" for i, lab in enumerate(labels)]
 
 
+def _settings_label(rep: dict[str, Any], siblings: list[dict[str, Any]]) -> str:
+    """What tells ``rep`` apart from the other reports of the same attack in its run."""
+    mine = rep.get("settings") or {}
+    differ = sorted({k for o in siblings for k, v in (o.get("settings") or {}).items()
+                     if mine.get(k) != v and k != "attack"})
+    if not differ:
+        return Path(rep["path"]).stem.removeprefix(f"attack-{rep['attack']}-")
+    return ", ".join(f"{k}={mine.get(k)}" for k in differ)
+
+
 def compare_runs(
     run_dirs: Sequence[str | Path], out_dir: str | Path = "compare", *, plot: bool = True
 ) -> dict[str, Any]:
@@ -70,55 +121,84 @@ def compare_runs(
     ``compare-<attack>.png`` per attack into ``out_dir``. Returns the ``compare.json`` dict.
 
     Raises:
-        FileNotFoundError: a run folder is missing.
-        ValueError: no run holds any attack report.
+        RunFolderError: a run folder is missing, or no run holds any attack report.
     """
     from ..runs import atomic_write_json
 
     if not run_dirs:
-        raise ValueError("give at least one run folder")
-    loaded = [load_reports(d) for d in run_dirs]
+        raise RunFolderError("give at least one run folder")
+    warnings: list[str] = []
+    loaded = [load_reports(d, warnings) for d in run_dirs]
     if not any(loaded):
-        raise ValueError(
+        raise RunFolderError(
             f"no {REPORT_GLOB} in {', '.join(map(str, run_dirs))}; run "
             f"'retrieval-bio attack <name> RUN' first"
         )
-    rules = [next(iter(reps.values()), {}).get("rule", "?") for reps in loaded]
+    rules = [_run_rule(Path(d), reps) for d, reps in zip(run_dirs, loaded, strict=True)]
     labels = run_labels(run_dirs, rules)
     runs = []
     attacks: dict[str, dict[str, Any]] = {}
+    chosen: dict[str, dict[str, dict[str, Any]]] = {}
     for label, run_dir, reps in zip(labels, run_dirs, loaded, strict=True):
-        first = next(iter(reps.values()), {})
+        first = reps[0] if reps else {}
         runs.append({"label": label, "run": str(run_dir), "rule": first.get("rule"),
                      "task": first.get("task"), "dataset": first.get("dataset"),
-                     "attacks": sorted(reps)})
-        for name, rep in reps.items():
-            metric = rep["metric"]
+                     "attacks": sorted({r["attack"] for r in reps}),
+                     "reports": [r["path"] for r in reps]})
+        if not reps:
+            warnings.append(f"{run_dir} ({label}) has no attack report; run 'retrieval-bio "
+                            f"attack <name> {run_dir}' to include it")
+        for rep in reps:
+            name, metric = rep["attack"], rep["metric"]
+            siblings = [r for r in reps if r["attack"] == name and r is not rep]
+            entry_label = label if not siblings else f"{label} [{_settings_label(rep, siblings)}]"
             entry = attacks.setdefault(name, {"metric": metric, "eps": [], "runs": {}})
             if entry["metric"] != metric:
-                log.warning("%s: %s reports %s, others %s; skipped", name, run_dir, metric,
-                            entry["metric"])
+                warnings.append(f"{rep['path']} reports {metric}, other {name} reports "
+                                f"{entry['metric']}: left out")
                 continue
-            entry["runs"][label] = {
+            entry["runs"][entry_label] = {
                 "grad": rep["grad"], "eps": rep["eps"], "values": rep[metric],
                 "clean": rep[f"clean_{metric}"], "theory": rep.get("theory_map"),
                 "k": rep.get("k"), "steps": rep.get("steps"),
-                "num_queries": rep.get("num_queries"),
+                "num_queries": rep.get("num_queries"), "dataset": rep.get("dataset"),
+                "report": rep["path"], "settings": rep.get("settings"),
             }
-    for entry in attacks.values():
+            chosen.setdefault(name, {})[entry_label] = rep
+    for name, entry in attacks.items():
         entry["eps"] = sorted({e for r in entry["runs"].values() for e in r["eps"]})
+        warnings += _differences(name, entry)
     out_dir = Path(out_dir)
-    result: dict[str, Any] = {"runs": runs, "attacks": attacks, "plots": {}}
+    result: dict[str, Any] = {"runs": runs, "attacks": attacks, "warnings": warnings,
+                              "plots": {}}
     if plot:
         from .plots import compare_plot
 
-        for name, entry in attacks.items():
-            reps = {lab: loaded[labels.index(lab)][name] for lab in entry["runs"]}
+        for name in attacks:
             png = f"compare-{name}.png"
-            compare_plot(out_dir / png, name, reps)
+            compare_plot(out_dir / png, name, chosen[name])
             result["plots"][name] = png
     atomic_write_json(out_dir / "compare.json", result)
     return result
+
+
+def _differences(name: str, entry: dict[str, Any]) -> list[str]:
+    """One warning per field of :data:`COMPARABLE` (and the ε grid) on which the entries
+    of one attack disagree: such curves are not like with like."""
+    out = []
+    runs = entry["runs"]
+    for field in COMPARABLE:
+        values = {label: r.get(field) for label, r in runs.items()}
+        if len(set(map(str, values.values()))) > 1:
+            shown = ", ".join(f"{label}: {v}" for label, v in values.items())
+            out.append(f"{name}: the entries differ in {field} ({shown})")
+    grids = {label: tuple(r["eps"]) for label, r in runs.items()}
+    if len(set(grids.values())) > 1:
+        shown = "; ".join(f"{label}: {', '.join(f'{e:g}' for e in g)}"
+                          for label, g in grids.items())
+        out.append(f"{name}: the entries use different ε grids ({shown}); cells a run did not "
+                   f"measure are empty")
+    return out
 
 
 def compare_rows(entry: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:

@@ -65,7 +65,9 @@ def line_plot(
                 raise ValueError(f"series {label!r}: {len(x)} x values but {len(y)} y values")
             xs_all.extend(float(v) for v in x)
             kw = {"marker": "o", "markersize": 4, "linewidth": 1.6, **styles.get(label, {})}
-            ax.plot(list(x), list(y), label=label, **kw)
+            # a cell an interrupted sweep has not computed yet is None: a gap in the line
+            ys = [float("nan") if v is None else v for v in y]
+            ax.plot(list(x), ys, label=label, **kw)
         for label, (level, kw) in (hlines or {}).items():
             ax.axhline(level, label=label, **{"linestyle": ":", "linewidth": 1.2, **kw})
         if logx:
@@ -173,3 +175,42 @@ def _zero_note(eps: Sequence[float]) -> str | None:
     if any(e <= 0 for e in eps):
         return "x axis: symlog (linear between 0 and the smallest ε > 0, log above)"
     return None
+
+
+def training_curve_plot(
+    path: str | Path, history: Sequence[Mapping[str, Any]], metric: str | None, title: str
+) -> Path:
+    """Training loss (left panel) and the validation ``metric`` (right panel) per epoch,
+    the selected (best) epoch marked. ``history``: the trainer's per-epoch entries
+    (``{"epoch", "loss", metric, ...}``)."""
+    path = Path(path)
+    epochs = [int(h["epoch"]) for h in history]
+    fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(9.0 if metric else 5.0, 3.6),
+                             dpi=110, squeeze=False)
+    try:
+        ax = axes[0][0]
+        ax.plot(epochs, [h["loss"] for h in history], marker="o", markersize=3)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training loss (epoch mean)")
+        ax.grid(True, alpha=0.3)
+        if metric:
+            values = [h.get(metric) for h in history]
+            ax = axes[0][1]
+            ax.plot(epochs, values, marker="o", markersize=3, color="C1")
+            known = [(e, v) for e, v in zip(epochs, values, strict=True) if v is not None]
+            if known:
+                best_e, best_v = max(known, key=lambda ev: ev[1])
+                ax.plot([best_e], [best_v], marker="*", markersize=12, color="C3",
+                        linestyle="none", label=f"selected: epoch {best_e}")
+                ax.legend(fontsize=7, loc="best")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(metric)
+            ax.grid(True, alpha=0.3)
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path

@@ -29,6 +29,13 @@ Report schema (``attack-<name>.json``; lists are indexed like ``eps``)::
     rule, seed, dataset, backbone, bits, run   provenance; seed is the attack's seed
     num_queries  queries attacked (after ``max_queries`` subsampling)
     notes        human-readable remarks (e.g. why a gradient source was computed once)
+    complete     whether every (source, ε) cell holds a value; an interrupted sweep leaves
+                 ``null`` cells, which a re-run with the same settings fills in
+    settings, key, weights, path   (run-folder reports, see ``workflows.attack_run``) the
+                 options that identify the report, their digest, the weights file used
+                 ({file, epoch, sha256}) and where the report was written
+
+Values of cells not (yet) computed are ``null``.
 
 For a BP model ``grad="exact"`` and ``grad="model"`` are the same computation (no feedback
 path exists), so a BP sweep attacks once and copies the result to every requested source
@@ -37,9 +44,11 @@ path exists), so a BP sweep attacks once and copies the result to every requeste
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +95,19 @@ def default_eps(attack: str, preset: str | None = None) -> list[float]:
     return [REFERENCE_EPS] if preset == "reference" else list(PAPER_HASH_EPS)
 
 
-def report_paths(run_dir: str | Path, attack: str) -> tuple[Path, Path]:
-    """``(run_dir/attack-<name>.json, run_dir/attack-<name>.png)``."""
+def report_paths(run_dir: str | Path, attack: str, key: str | None = None) -> tuple[Path, Path]:
+    """``(run_dir/attack-<name>[-<key>].json, ….png)``: where a report of these settings
+    (``key``, see :func:`settings_key`) lives."""
     run_dir = Path(run_dir)
-    return run_dir / f"attack-{attack}.json", run_dir / f"attack-{attack}.png"
+    stem = f"attack-{attack}" if key is None else f"attack-{attack}-{key}"
+    return run_dir / f"{stem}.json", run_dir / f"{stem}.png"
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    """A short digest of the options that make two attack runs comparable (ε and gradient
+    sources excluded: those are the cells of one report)."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:8]
 
 
 # -- sweeps over a model ------------------------------------------------------------------
@@ -101,6 +119,8 @@ def sweep_hash(
     "model"), same_grads: bool = False, steps: int | None = None, preset: str | None = None,
     batch_size: int = DEFAULT_BATCH, device: torch.device | str = "cpu", seed: int = 0,
     attack_kwargs: dict[str, Any] | None = None, progress: Progress | None = None,
+    previous: dict[str, Any] | None = None,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Attack every query with HAG or SDHA at each ε and gradient source; mAP@k of the
     adversarial query codes against the clean database codes (SPEC §7).
@@ -118,9 +138,14 @@ def sweep_hash(
         steps, preset: passed to the attack (``steps=None`` and ``preset=None``: ``paper``).
         seed: the attack's seed.
         attack_kwargs: extra constructor arguments of the attack (e.g. ``lr``).
+        previous: an earlier report of the same model and settings: its computed cells are
+            kept and not recomputed (how an interrupted sweep continues).
+        on_update: called with the report after every finished (source, ε) cell, e.g. to
+            write it to disk so that an interruption loses at most the cell in progress.
 
     Returns:
-        The report dict of the module docstring, without the provenance keys.
+        The report dict of the module docstring, without the provenance keys; it covers the
+        union of ``previous``'s cells and the requested ones.
     """
     if attack not in HASH_ATTACKS:
         raise ValueError(f"{attack!r} is not a hashing attack ({', '.join(HASH_ATTACKS)})")
@@ -146,31 +171,31 @@ def sweep_hash(
     def make(e: float, g: str):
         return ATTACKS.get(attack)(model, e, steps, grad=g, preset=preset, seed=seed, **kwargs)
 
-    sweep = _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, progress,
-                   attack)
-    q_labels = sweep["labels"]
-    clean_codes = sign_codes(sweep["clean"])
-
-    def score(codes: np.ndarray) -> float:
-        return float(map_at_k(codes, db_codes, q_labels, db_labels, k, ties="index"))
-
-    values = {g: [score(sign_codes(out)) for out in outs] for g, outs in sweep["outputs"].items()}
+    notes: list[str] = []
     if attack == "sdha" and eps:
         probe = make(max(eps), grads[0])
         reach = probe.lr * probe.steps  # Adam moves each pixel by at most about lr per step
         if max(eps) > reach:
-            sweep["notes"].append(
+            notes.append(
                 f"SDHA's Adam (lr {probe.lr:g}, {probe.steps} steps) moves a pixel by at most "
                 f"about {reach:g}: budgets above that are not binding, so larger ε cannot "
                 f"lower mAP further (raise --steps to use them)")
-    return {
-        "attack": attack, "task": "hash", "metric": "map", "grad": list(values),
-        "eps": [float(e) for e in eps], "map": values, "clean_map": score(clean_codes),
-        "theory_map": score(-clean_codes), "k": int(k), "linf": sweep["linf"],
-        "l2": sweep["l2"], "grad_calls": sweep["grad_calls"], "steps": sweep["steps"],
-        "preset": preset, "num_queries": int(len(q_labels)), "num_database": int(len(db_codes)),
-        "notes": sweep["notes"],
+    clean, q_labels = _clean_outputs(model, queries, batch_size, device)
+    clean_codes = sign_codes(clean)
+
+    def score(outputs: np.ndarray) -> float:
+        return float(map_at_k(sign_codes(outputs), db_codes, q_labels, db_labels, k,
+                              ties="index"))
+
+    base = {
+        "attack": attack, "task": "hash", "metric": "map",
+        "clean_map": score(clean), "theory_map": float(map_at_k(
+            -clean_codes, db_codes, q_labels, db_labels, k, ties="index")),
+        "k": int(k), "preset": preset, "num_queries": int(len(q_labels)),
+        "num_database": int(len(db_codes)),
     }
+    return _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, progress,
+                  attack, score, base, notes, previous, on_update)
 
 
 def sweep_classify(
@@ -179,6 +204,8 @@ def sweep_classify(
     steps: int | None = None, batch_size: int = DEFAULT_BATCH,
     device: torch.device | str = "cpu", seed: int = 0,
     attack_kwargs: dict[str, Any] | None = None, progress: Progress | None = None,
+    previous: dict[str, Any] | None = None,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Robust accuracy of a classifier under FGSM, PGD or Square at each ε and gradient
     source (SPEC §8).
@@ -213,76 +240,124 @@ def sweep_classify(
         return ATTACKS.get(attack)(model, e, grad="model" if g == NO_GRAD else g, seed=seed,
                                    **kwargs)
 
-    sweep = _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, progress,
-                   attack)
-    labels = sweep["labels"]
-    values = {g: [accuracy(out, labels) for out in outs] for g, outs in sweep["outputs"].items()}
-    return {
-        "attack": attack, "task": "classify", "metric": "accuracy", "grad": list(values),
-        "eps": [float(e) for e in eps], "accuracy": values,
-        "clean_accuracy": accuracy(sweep["clean"], labels), "linf": sweep["linf"],
-        "l2": sweep["l2"], "grad_calls": sweep["grad_calls"], "steps": sweep["steps"],
-        "preset": None, "num_queries": int(len(labels)), "notes": notes + sweep["notes"],
-    }
+    clean, labels = _clean_outputs(model, queries, batch_size, device)
+
+    def score(outputs: np.ndarray) -> float:
+        return accuracy(outputs, labels)
+
+    base = {"attack": attack, "task": "classify", "metric": "accuracy",
+            "clean_accuracy": score(clean), "preset": None, "num_queries": int(len(labels))}
+    return _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, progress,
+                  attack, score, base, notes, previous, on_update)
 
 
-def _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, progress, name):
-    """Attack every query batch for each (source, ε); collect model outputs and norms.
+def _clean_outputs(
+    model: nn.Module, queries: Dataset, batch_size: int, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """Model outputs ``(Q, D)`` and labels ``(Q, C)`` of the clean queries, computed in the
+    same batches and the same way as the adversarial ones, so that at ε = 0 (where every
+    attack returns its input) they are bit-identical."""
+    clean, labels = [], []
+    with torch.no_grad():
+        for x, y, _ in DataLoader(queries, batch_size=batch_size, shuffle=False):
+            clean.append(model(x.to(device)).float().cpu())
+            labels.append(y.float())
+    return torch.cat(clean).numpy(), torch.cat(labels).numpy()
 
-    Clean outputs are computed in the same batches and the same way as the adversarial
-    ones, so at ε = 0 (where every attack returns its input) they are bit-identical.
-    """
+
+class _Cells:
+    """The (gradient source, ε) cells of one report: those of an earlier report of the same
+    settings plus the requested ones. Each cell holds (metric, mean L∞, mean L2, gradient
+    calls) or nothing yet."""
+
+    FIELDS = ("value", "linf", "l2", "grad_calls")
+
+    def __init__(self, metric: str, previous: dict[str, Any] | None) -> None:
+        self.metric = metric
+        self.cells: dict[tuple[str, float], tuple] = {}
+        self.eps: list[float] = []
+        self.grads: list[str] = []
+        if previous:
+            self.add_grid(previous.get("grad", []), previous.get("eps", []))
+            for g in previous.get("grad", []):
+                for i, e in enumerate(previous.get("eps", [])):
+                    cell = [previous.get(f, {}).get(g, [None] * (i + 1))[i] for f in
+                            (metric, "linf", "l2", "grad_calls")]
+                    if cell[0] is not None:
+                        self.cells[(g, float(e))] = tuple(cell)
+
+    def add_grid(self, grads: Sequence[str], eps: Sequence[float]) -> None:
+        self.grads += [g for g in grads if g not in self.grads]
+        self.eps = sorted(set(self.eps) | {float(e) for e in eps})
+
+    def missing(self, grads: Sequence[str], eps: Sequence[float]) -> list[tuple[str, float]]:
+        return [(g, float(e)) for g in grads for e in eps if (g, float(e)) not in self.cells]
+
+    def table(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"grad": list(self.grads), "eps": list(self.eps)}
+        for name, f in zip((self.metric, "linf", "l2", "grad_calls"), range(4), strict=True):
+            out[name] = {g: [self.cells[(g, e)][f] if (g, e) in self.cells else None
+                             for e in self.eps] for g in self.grads}
+        out["complete"] = all((g, e) in self.cells for g in self.grads for e in self.eps)
+        return out
+
+
+def _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, progress, name,
+           score, base, notes, previous, on_update):
+    """Attack every query batch for each missing (source, ε) cell, score each cell as soon
+    as it is done and hand the growing report to ``on_update``."""
     grads = list(dict.fromkeys(grads))
     if not grads:
         raise ValueError("give at least one gradient source")
-    notes: list[str] = []
+    notes = list(notes)
     computed = grads[:1] if same_grads else grads
     if same_grads and len(grads) > 1:
         notes.append(f"{' and '.join(grads)} gradients are the same computation for this model "
                      f"(no feedback path, BP): attacked once with '{grads[0]}'")
-    loader = DataLoader(queries, batch_size=batch_size, shuffle=False)
-    clean, labels = [], []
-    with torch.no_grad():
-        for x, y, _ in loader:
-            clean.append(model(x.to(device)).float().cpu())
-            labels.append(y.float())
-    clean_np = torch.cat(clean).numpy()
-    labels_t = torch.cat(labels)
-    outputs: dict[str, list[np.ndarray]] = {}
-    linf: dict[str, list[float]] = {}
-    l2: dict[str, list[float]] = {}
-    calls: dict[str, list[int]] = {}
-    steps = None
-    progress.start(f"{name}", len(computed) * len(eps) * len(loader))
-    try:
-        for g in computed:
-            outputs[g], linf[g], l2[g], calls[g] = [], [], [], []
+    cells = _Cells(base["metric"], previous)
+    cells.add_grid(grads, eps)
+    todo = cells.missing(computed, eps)
+    reused = len(cells.missing(grads, eps)) < len(grads) * len(set(map(float, eps)))
+    if reused:
+        notes.append("cells computed by an earlier run with the same settings and weights "
+                     "were kept, not recomputed (pass overwrite=True / --overwrite to redo them)")
+    steps = previous.get("steps") if previous else None
+
+    def report() -> dict[str, Any]:
+        for g in grads[len(computed):]:  # same computation: share the results
             for e in eps:
-                attack = make(float(e), g)
-                steps = _steps_of(attack)
-                outs, inf_norms, l2_norms = [], [], []
-                t0 = time.perf_counter()
-                for x, y, _ in loader:
-                    x = x.to(device)
-                    adv = attack(x, y.to(device))
-                    with torch.no_grad():
-                        outs.append(model(adv).float().cpu())
-                    delta = (adv - x).flatten(1).float()
-                    inf_norms.append(delta.abs().amax(1).cpu())
-                    l2_norms.append(delta.norm(dim=1).cpu())
-                    progress.advance(1, grad=g, eps=float(e))
-                log.info("%s grad=%s eps=%g: %.1f s", name, g, e, time.perf_counter() - t0)
-                outputs[g].append(torch.cat(outs).numpy())
-                linf[g].append(float(torch.cat(inf_norms).mean()))
-                l2[g].append(float(torch.cat(l2_norms).mean()))
-                calls[g].append(int(attack.n_grad_calls))
+                if (grads[0], float(e)) in cells.cells:
+                    cells.cells[(g, float(e))] = cells.cells[(grads[0], float(e))]
+        return {**base, **cells.table(), "steps": steps, "notes": notes}
+
+    loader = DataLoader(queries, batch_size=batch_size, shuffle=False)
+    progress.start(f"{name}", len(todo) * len(loader))
+    try:
+        for g, e in todo:
+            attack = make(e, g)
+            steps = _steps_of(attack)
+            outs, inf_norms, l2_norms = [], [], []
+            t0 = time.perf_counter()
+            for x, y, _ in loader:
+                x = x.to(device)
+                adv = attack(x, y.to(device))
+                with torch.no_grad():
+                    outs.append(model(adv).float().cpu())
+                delta = (adv - x).flatten(1).float()
+                inf_norms.append(delta.abs().amax(1).cpu())
+                l2_norms.append(delta.norm(dim=1).cpu())
+                progress.advance(1, grad=g, eps=e)
+            log.info("%s grad=%s eps=%g: %.1f s", name, g, e, time.perf_counter() - t0)
+            cells.cells[(g, e)] = (score(torch.cat(outs).numpy()),
+                                   float(torch.cat(inf_norms).mean()),
+                                   float(torch.cat(l2_norms).mean()), int(attack.n_grad_calls))
+            if on_update is not None:
+                on_update(report())
     finally:
         progress.stop()
-    for g in grads[len(computed):]:  # same computation: share the results
-        outputs[g], linf[g], l2[g], calls[g] = (outputs[grads[0]], linf[grads[0]],
-                                                l2[grads[0]], calls[grads[0]])
-    return {"clean": clean_np, "labels": labels_t.numpy(), "outputs": outputs, "linf": linf,
-            "l2": l2, "grad_calls": calls, "steps": steps, "notes": notes}
+    if steps is None:  # nothing left to compute: the steps of the attack as configured
+        steps = _steps_of(make(float(eps[0]), computed[0])) if len(eps) else None
+    return report()
 
 
 def _check_grads(grads: Sequence[str]) -> None:

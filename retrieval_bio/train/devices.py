@@ -8,19 +8,44 @@ import numpy as np
 import torch
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` picks cuda, then mps, then cpu; otherwise the named device (checked)."""
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks cuda, then mps, then cpu; otherwise the named device (``cpu``,
+    ``cuda``, ``cuda:N``, ``mps``), checked to exist.
+
+    Raises:
+        ConfigError: the device is unknown or not available here (the message says what is).
+    """
+    from ..config import ConfigError
+
+    if isinstance(device, torch.device):
+        device = str(device)
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but CUDA is unavailable; use --device cpu")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("device 'mps' was asked for but MPS is unavailable; use --device cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {device!r} is not a device; use auto, cpu, cuda, cuda:N "
+                          f"or mps") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device} was asked for but CUDA is unavailable on this "
+                              f"machine; use --device cpu (or auto)")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"--device {device}: this machine has {n} CUDA device(s), "
+                              f"cuda:0 to cuda:{n - 1}")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"--device {device} was asked for but MPS is unavailable; use "
+                              f"--device cpu")
+    elif dev.type != "cpu":
+        raise ConfigError(f"--device {device!r} is not supported; use auto, cpu, cuda, cuda:N "
+                          f"or mps")
+    return dev
 
 
 def seed_everything(seed: int) -> None:

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from .. import datasets, rules
 from ..config import RunConfig
-from ..datasets import DatasetSplits
+from ..datasets import DatasetError, DatasetSplits
 from ..eval import map_at_k
 from ..eval.encode import accuracy, encode
 from ..index import HammingIndex, sign_codes
@@ -30,20 +30,24 @@ from ..losses import LOSSES
 from ..models import TaskModel, create_model
 from ..progress import Progress
 from ..runs import (
+    BEST,
     CHECKPOINT,
     CONFIG,
     RunFolderError,
     atomic_write_bytes,
     load_checkpoint,
     resolve_weights,
+    run_weights,
     update_metrics,
+    weights_info,
 )
 from .devices import resolve_device, seed_everything
-from .trainer import StepHook, Trainer
+from .trainer import StepHook, Trainer, TrainerState
 
 log = logging.getLogger(__name__)
 
 INDEX = "database.index"
+CURVE = "training_curve.png"
 
 
 @dataclass
@@ -57,12 +61,23 @@ class RunResult:
     metrics: dict[str, Any]
 
 
-def load_splits(cfg: RunConfig, *, augment: bool | None = None) -> DatasetSplits:
+def load_splits(
+    cfg: RunConfig, *, augment: bool | None = None, skip_bad: bool | None = None
+) -> DatasetSplits:
     """The run's dataset splits; ``augment=False`` gives the same splits with evaluation
-    transforms (for encoding the train split as a retrieval database)."""
+    transforms (for encoding the train split as a retrieval database). ``skip_bad``
+    (default: the config's) skips and counts unreadable items (``info["skipped"]``)."""
     aug = cfg.augment if augment is None else augment
+    options = dict(cfg.dataset_options)
+    options["skip_bad"] = bool(options.get("skip_bad") or
+                               (cfg.skip_bad if skip_bad is None else skip_bad))
     return datasets.load(cfg.dataset, cfg.root, protocol=cfg.protocol, seed=cfg.seed,
-                         image_size=cfg.image_size, augment=aug, **cfg.dataset_options)
+                         image_size=cfg.image_size, augment=aug, **options)
+
+
+def skipped_items(splits: DatasetSplits) -> int:
+    """How many unreadable items (images, list lines) the loader skipped."""
+    return int(splits.info.get("skipped", 0) or 0)
 
 
 def build_model(cfg: RunConfig, splits: DatasetSplits) -> TaskModel:
@@ -184,16 +199,48 @@ def train_run(
         betas=cfg.betas, seed=cfg.seed, device=device, amp=cfg.amp,
         num_workers=cfg.num_workers, run_dir=run_dir, validate=validate, select_metric=select,
         step_hooks=step_hooks, epoch_hooks=epoch_hooks, progress=progress,
+        divergence_factor=cfg.divergence_factor,
+        history_hooks=[_curve_hook(cfg, run_dir, select)],
+        chance_level=1.0 / splits.num_classes if cfg.task == "classify" else None,
     )
     # after every real parameter update (not one that AMP's scaler skipped): brSF redraws
     # M, every rule drops its cached B
     rules.attach(trainer.optimizer, model)
-    state = trainer.fit(resume=resume)
+    try:
+        state = trainer.fit(resume=resume)
+    except DatasetError as e:
+        kept = (f"progress up to epoch {trainer.state.epoch + 1}, step {trainer.state.step} "
+                f"is saved in {ckpt}" if trainer.saved_on_error else
+                f"the last checkpoint is {ckpt}" if ckpt.is_file() else "no checkpoint exists yet")
+        raise DatasetError(
+            f"{e}\nTraining stopped on bad data; {kept}. Continue without the bad items: "
+            f"retrieval-bio {cfg.stage} --resume --skip-bad --out {run_dir}") from e
     metrics = {"stage": cfg.stage, "task": cfg.task, "rule": cfg.rule,
-               "best_epoch": state.best_epoch, select: state.best_value}
-    metrics.update(evaluate_test(cfg, model, splits, device, run_dir, progress))
+               "best_epoch": state.best_epoch, select: state.best_value,
+               "skipped_items": skipped_items(splits)}
+    if (run_dir / BEST).is_file():  # the test metrics below come from these weights
+        metrics["test_weights"] = weights_info(run_dir / BEST, {"epoch": state.best_epoch})
+    try:
+        metrics.update(evaluate_test(cfg, model, splits, device, run_dir, progress))
+    except DatasetError as e:
+        update_metrics(run_dir, **metrics)
+        raise DatasetError(
+            f"{e}\nThe test evaluation stopped on this item, but the trained run is kept: "
+            f"{run_dir / BEST} holds the selected epoch ({state.best_epoch}). Finish the "
+            f"evaluation with the bad items skipped: retrieval-bio evaluate {run_dir} "
+            f"--encode --skip-bad") from e
     metrics = update_metrics(run_dir, **metrics)
     return RunResult(run_dir, cfg, model, splits, metrics)
+
+
+def _curve_hook(cfg: RunConfig, run_dir: Path, select: str):
+    def hook(state: TrainerState) -> None:
+        from ..eval.plots import training_curve_plot
+
+        training_curve_plot(run_dir / CURVE, state.history, select,
+                            f"{cfg.stage} {cfg.rule}: {cfg.backbone} on {cfg.dataset}")
+
+    return hook
 
 
 def evaluate_test(
@@ -214,9 +261,18 @@ def evaluate_test(
                        progress=progress, description="encoding database")
     q_codes, d_codes = sign_codes(q), sign_codes(d)
     save_codes(run_dir / "codes.npz", q_codes, ql, qi, d_codes, dl, di)
-    HammingIndex(cfg.bits).add(d_codes).save(run_dir / INDEX)
+    build_index(cfg, d_codes).save(run_dir / INDEX)
     k = retrieval_k(cfg, splits)
     return {"map@k": float(map_at_k(q_codes, d_codes, ql, dl, k)), "k": k}
+
+
+def build_index(cfg: RunConfig, db_codes: np.ndarray) -> HammingIndex:
+    """The run's FAISS index (kind ``cfg.index``) over int8 ±1 database codes; kinds that
+    need training (ivf) are trained on the database itself."""
+    index = HammingIndex(cfg.bits, kind=cfg.index)
+    if not index.is_trained:
+        index.train(db_codes)
+    return index.add(db_codes)
 
 
 def save_codes(path: Path, q: np.ndarray, ql: np.ndarray, qi: np.ndarray, d: np.ndarray,
@@ -248,22 +304,57 @@ def _diagnostics_hook(splits: DatasetSplits, objective: nn.Module, device: torch
     return hook
 
 
-def load_run(
-    run_dir: str | Path, *, device: torch.device | str = "cpu", load_data: bool = True
-) -> tuple[RunConfig, TaskModel, DatasetSplits | None]:
-    """The config, trained model (selected epoch, rule conversion included) and dataset
-    splits of a finished run folder. The model is returned in eval mode on ``device``."""
+@dataclass
+class LoadedRun:
+    """A finished run folder opened for evaluation or attack (:func:`open_run`)."""
+
+    config: RunConfig
+    model: TaskModel
+    splits: DatasetSplits | None
+    weights: dict[str, Any]  # {"file", "epoch", "sha256"} of the weights loaded
+
+
+def open_run(
+    run_dir: str | Path, *, weights: str = "best", device: torch.device | str = "cpu",
+    load_data: bool = True, skip_bad: bool | None = None,
+) -> LoadedRun:
+    """The config, trained model (rule conversion included) and dataset splits of a run.
+
+    Args:
+        weights: ``"best"`` (``best.pt``, the selected epoch; the default), ``"last"``
+            (``checkpoint.pt``) or a checkpoint file. A missing ``best.pt`` is an error that
+            says how to use the last checkpoint; it is never replaced silently.
+        device: where the model goes (returned in eval mode).
+        load_data: also load the dataset splits (with evaluation transforms).
+        skip_bad: skip unreadable items (default: the run's own ``skip_bad``).
+
+    Raises:
+        RunFolderError: no ``config.yaml``, or the weights file is missing or damaged.
+    """
     run_dir = Path(run_dir)
     cfg_path = run_dir / CONFIG
     if not cfg_path.is_file():
         raise RunFolderError(f"{run_dir} is not a run folder: {cfg_path} does not exist")
     cfg = RunConfig.load(cfg_path)
-    splits = load_splits(cfg, augment=False) if load_data else None
-    num_classes = splits.num_classes if splits is not None else None
-    state = load_checkpoint(resolve_weights(run_dir))["model"]
-    if num_classes is None:
-        num_classes = state["head.weight"].shape[0]
+    path = run_weights(run_dir, weights)
+    ckpt = load_checkpoint(path)
+    state = ckpt.get("model", ckpt)
+    splits = load_splits(cfg, augment=False, skip_bad=skip_bad) if load_data else None
+    num_classes = splits.num_classes if splits is not None else state["head.weight"].shape[0]
     model = create_model(cfg.backbone, cfg.task, num_classes=num_classes, bits=cfg.bits)
     model = rules.convert(model, cfg.rule, scale=cfg.scale, seed=cfg.seed)
-    model.load_state_dict(state)
-    return cfg, model.to(device).eval(), splits
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise RunFolderError(f"{path} does not fit the model of {cfg_path} "
+                             f"({cfg.backbone}, {cfg.task}): {e}") from e
+    return LoadedRun(cfg, model.to(device).eval(), splits, weights_info(path, ckpt))
+
+
+def load_run(
+    run_dir: str | Path, *, device: torch.device | str = "cpu", load_data: bool = True,
+    weights: str = "best",
+) -> tuple[RunConfig, TaskModel, DatasetSplits | None]:
+    """``(config, model, splits)`` of :func:`open_run` (the selected epoch by default)."""
+    run = open_run(run_dir, weights=weights, device=device, load_data=load_data)
+    return run.config, run.model, run.splits

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..datasets.errors import DatasetError
 from ..progress import Progress, ensure
 from ..runs import BEST, CHECKPOINT, atomic_torch_save, load_checkpoint, update_metrics
 from .devices import rng_state, set_rng_state
@@ -34,8 +35,19 @@ from .devices import rng_state, set_rng_state
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(FloatingPointError):
+class DivergenceError(FloatingPointError):
+    """Training diverged (the loss or the weights grew by orders of magnitude); the message
+    names the epoch, the step, the numbers seen and the likely cause."""
+
+
+class NonFiniteLossError(DivergenceError):
     """The loss became NaN or infinite; the message names the epoch and step."""
+
+
+#: steps whose mean loss is the reference level of the divergence check
+DIVERGENCE_WARMUP = 10
+#: smoothing of the loss average compared against the reference (a lone spike is no trend)
+DIVERGENCE_EMA = 0.9
 
 
 @dataclass
@@ -50,6 +62,10 @@ class TrainerState:
     epoch_loss_sum: float = 0.0
     epoch_seen: int = 0
     epoch_time: float = 0.0
+    # divergence check: mean loss of the first steps, smoothed recent loss, start weight norm
+    loss_reference: float | None = None
+    loss_ema: float | None = None
+    weight_norm_start: float | None = None
 
 
 StepHook = Callable[[nn.Module, torch.optim.Optimizer], None]
@@ -76,7 +92,17 @@ class Trainer:
             epoch's weights. ``None``: the last epoch is kept.
         step_hooks: called after every optimiser step (e.g. brSF redraws its M).
         epoch_hooks: called at each epoch end, return diagnostics to log.
-        progress: a :class:`retrieval_bio.progress.Progress` (the CLI passes a rich bar).
+        progress: a :class:`retrieval_bio.progress.Progress` (the CLI passes a rich bar); if
+            it has an ``epoch_end(entry, best=bool)`` method, that is called with each
+            epoch's history entry.
+        divergence_factor: stop with :class:`DivergenceError` when the smoothed loss exceeds
+            this multiple of its level over the first steps, or the weights' norm this
+            multiple of its start; ``0`` turns the check off (NaN/inf always stops).
+        history_hooks: called with the state after each epoch's files are written (e.g. to
+            draw the training curve).
+        chance_level: the ``select_metric`` value of guessing (1/C for accuracy); an epoch
+            that ends near it after the weights grew tenfold gets a ``warning`` in its
+            history entry (a run that diverged without a NaN).
     """
 
     def __init__(
@@ -88,6 +114,9 @@ class Trainer:
         validate: Callable[[nn.Module], dict[str, float]] | None = None,
         select_metric: str | None = None, step_hooks: Sequence[StepHook] = (),
         epoch_hooks: Sequence[EpochHook] = (), progress: Progress | None = None,
+        divergence_factor: float = 100.0,
+        history_hooks: Sequence[Callable[[TrainerState], None]] = (),
+        chance_level: float | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -102,6 +131,8 @@ class Trainer:
         self.select_metric = select_metric
         self.step_hooks = list(step_hooks)
         self.epoch_hooks = list(epoch_hooks)
+        self.history_hooks = list(history_hooks)
+        self.chance_level = chance_level
         self.progress = ensure(progress)
         self._check_groups(param_groups)
         self.optimizer = torch.optim.Adam(
@@ -109,8 +140,11 @@ class Trainer:
         )
         self.amp = amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.state = TrainerState()
+        self.divergence_factor = float(divergence_factor)
+        self.state = TrainerState(weight_norm_start=self._weight_norm())
         self._best_state: dict[str, Any] | None = None
+        #: set when :meth:`fit` wrote a checkpoint because the data failed mid-epoch
+        self.saved_on_error = False
 
     # -- public -----------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainerState:
@@ -126,7 +160,15 @@ class Trainer:
             self.load(self._path(CHECKPOINT))
         with _GracefulInterrupt() as interrupt:
             while self.state.epoch < self.epochs:
-                train_stats = self._train_epoch(self.state.epoch, interrupt)
+                try:
+                    train_stats = self._train_epoch(self.state.epoch, interrupt)
+                except DatasetError:
+                    # The loader failed before the step it was fetching for: the state is
+                    # between two steps, so keep it (a resume continues from here).
+                    if self.run_dir is not None and self.state.step > 0:
+                        self.save(self._path(CHECKPOINT))
+                        self.saved_on_error = True
+                    raise
                 if train_stats is None:  # Ctrl-C: stopped cleanly between two steps
                     if self.run_dir is not None:
                         self.save(self._path(CHECKPOINT))
@@ -151,6 +193,7 @@ class Trainer:
             "epoch": s.epoch, "step": s.step, "global_step": s.global_step,
             "history": s.history, "best_epoch": s.best_epoch, "best_value": s.best_value,
             "epoch_totals": [s.epoch_loss_sum, s.epoch_seen, s.epoch_time],
+            "divergence": [s.loss_reference, s.loss_ema, s.weight_norm_start],
             "rng": rng_state(),
         }, path)
 
@@ -167,6 +210,8 @@ class Trainer:
         )
         s = self.state
         s.epoch_loss_sum, s.epoch_seen, s.epoch_time = ckpt.get("epoch_totals", (0.0, 0, 0.0))
+        s.loss_reference, s.loss_ema, s.weight_norm_start = ckpt.get(
+            "divergence", (None, None, self._weight_norm()))
         set_rng_state(ckpt["rng"])
 
     # -- internals --------------------------------------------------------------------
@@ -218,7 +263,9 @@ class Trainer:
                 s.step += 1
                 s.global_step += 1
                 s.epoch_time = time.perf_counter() - t0
-                self.progress.advance(1, loss=loss,
+                self._check_divergence(loss)
+                # the epoch's running mean: a step's own loss is too noisy to read
+                self.progress.advance(1, loss=s.epoch_loss_sum / s.epoch_seen,
                                       images_per_s=s.epoch_seen / max(s.epoch_time, 1e-9))
             if interrupt.requested and s.step < total:
                 return None
@@ -240,8 +287,8 @@ class Trainer:
         if not math.isfinite(value):
             raise NonFiniteLossError(
                 f"loss is {value} at epoch {self.state.epoch + 1}, step {self.state.step + 1} "
-                f"(global step {self.state.global_step + 1}); the last good checkpoint is kept "
-                f"in {self.run_dir}. Lower the learning rate or check the data and rule scale."
+                f"(global step {self.state.global_step + 1}){self._kept()}. Lower the learning "
+                f"rate, or check the data and the rule's feedback scale."
             )
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -250,8 +297,78 @@ class Trainer:
             hook(self.model, self.optimizer)
         return value
 
+    def _kept(self) -> str:
+        """Where the last good state is, for error messages: only a file that exists."""
+        if self.run_dir is None or not self._path(CHECKPOINT).is_file():
+            return "; no checkpoint was written before this point"
+        return (f"; the last checkpoint (end of epoch {self.state.epoch}) is kept in "
+                f"{self._path(CHECKPOINT)}")
+
+    def _weight_norm(self) -> float:
+        with torch.no_grad():
+            sq = sum(float(p.detach().float().square().sum()) for p in self.model.parameters())
+        return math.sqrt(sq)
+
+    def _check_divergence(self, loss: float) -> None:
+        """Stop when the smoothed loss has grown ``divergence_factor``-fold over its level
+        on the first :data:`DIVERGENCE_WARMUP` steps (a run that is blowing up without having
+        hit inf yet)."""
+        s = self.state
+        if self.divergence_factor <= 0:
+            return
+        s.loss_ema = loss if s.loss_ema is None else (
+            DIVERGENCE_EMA * s.loss_ema + (1 - DIVERGENCE_EMA) * loss)
+        if s.global_step <= DIVERGENCE_WARMUP:
+            # running mean of the first steps' |loss|
+            n = s.global_step
+            s.loss_reference = abs(loss) if s.loss_reference is None else (
+                s.loss_reference + (abs(loss) - s.loss_reference) / n)
+            return
+        ref = s.loss_reference or 0.0
+        if ref > 0 and s.loss_ema > self.divergence_factor * ref:
+            raise DivergenceError(
+                f"training diverged at epoch {s.epoch + 1}, step {s.step} (global step "
+                f"{s.global_step}): the smoothed loss is {s.loss_ema:.4g}, "
+                f"{s.loss_ema / ref:.3g} times its level over the first {DIVERGENCE_WARMUP} "
+                f"steps ({ref:.4g}){self._kept()}. Likely cause: the learning rate is too high "
+                f"for this model and rule (lower lr_backbone / lr_head), or the rule's feedback "
+                f"is too large (scale 'none' on a deep net). divergence_factor="
+                f"{self.divergence_factor:g} sets this check (0 turns it off)."
+            )
+
+    def _check_weights(self) -> None:
+        s = self.state
+        if self.divergence_factor <= 0 or not s.weight_norm_start:
+            return
+        ratio = self._weight_norm() / s.weight_norm_start
+        if ratio > self.divergence_factor:
+            raise DivergenceError(
+                f"training diverged by epoch {s.epoch + 1}: the weights' norm grew {ratio:.3g}"
+                f"-fold since the start{self._kept()}. Likely cause: the learning rate is too "
+                f"high (lower lr_backbone / lr_head), or weight decay is off with a large "
+                f"rate. divergence_factor={self.divergence_factor:g} sets this check (0: off)."
+            )
+
+    def _warn_at_chance(self, entry: dict[str, Any]) -> None:
+        value = entry.get(self.select_metric) if self.select_metric else None
+        if self.chance_level is None or value is None or value > 1.5 * self.chance_level:
+            return
+        growth = self.weight_growth()
+        if growth > 10:
+            entry["warning"] = (
+                f"epoch {entry['epoch']}: {self.select_metric} {value:.3f} is at chance level "
+                f"({self.chance_level:.3g}) while the weights' norm grew {growth:.3g}-fold since "
+                f"the start: the run has likely diverged; lower the learning rate")
+            log.warning(entry["warning"])
+
+    def weight_growth(self) -> float:
+        """The weights' norm now over their norm when training started (1.0 = unchanged)."""
+        start = self.state.weight_norm_start
+        return self._weight_norm() / start if start else 1.0
+
     def _end_epoch(self, train_stats: dict[str, float]) -> None:
         s = self.state
+        self._check_weights()
         entry: dict[str, Any] = {"epoch": s.epoch + 1, **train_stats}
         if self.validate is not None:
             self.model.eval()
@@ -260,6 +377,7 @@ class Trainer:
                 entry.update(self.validate(self.model))
         for hook in self.epoch_hooks:
             entry.update(hook(self.model, s.epoch + 1))
+        self._warn_at_chance(entry)
         s.history.append(entry)
         s.epoch += 1
         s.step = 0
@@ -276,12 +394,17 @@ class Trainer:
                                   for k, v in self.objective.state_dict().items()},
                 }
         log.info("epoch %d: %s", s.epoch, entry)
+        epoch_end = getattr(self.progress, "epoch_end", None)
+        if epoch_end is not None:
+            epoch_end(entry, best=improved, epochs=self.epochs)
         if self.run_dir is not None:
             if improved:
                 atomic_torch_save({**self._best_state, "epoch": s.epoch}, self._path(BEST))
             self.save(self._path(CHECKPOINT))
             update_metrics(self.run_dir, history=s.history, best_epoch=s.best_epoch,
                            select_metric=self.select_metric, best_value=s.best_value)
+        for hook in self.history_hooks:
+            hook(s)
 
 
 class _GracefulInterrupt:

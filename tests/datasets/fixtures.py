@@ -39,13 +39,16 @@ def decode_id(image) -> int:
 
 def write_cifar10(
     root: str | Path, train_per_class: int = 12, test_per_class: int = 3, seed: int = 0,
-    folder: str = "cifar-10-batches-py",
+    folder: str = "cifar-10-batches-py", protocol: int | str = 2, bytes_keys: bool = False,
+    labels_as: str = "list",
 ) -> np.ndarray:
     """Write ``root/folder/data_batch_1..5, test_batch, batches.meta`` (torchvision's layout).
 
     Each class has ``train_per_class`` train images spread over the five batches and
     ``test_per_class`` test images, in a shuffled order. Returns the class ids ``(N,)`` in
     pool order (batches 1..5 then test_batch); image ``i`` carries id ``i`` in pixel (0, 0).
+    ``protocol``, ``bytes_keys`` and ``labels_as`` choose the pickle encoding (see
+    :func:`_pickle`); ``data`` is always a uint8 ndarray ``(n, 3072)``, as in the real files.
     """
     rng = np.random.default_rng(seed)
     d = Path(root) / folder
@@ -56,18 +59,20 @@ def write_cifar10(
     x = _rgb_pool(len(targets), 32, rng)
     flat = x.transpose(0, 3, 1, 2).reshape(len(x), 3072)  # CIFAR rows: R plane, G, B
     bounds = np.linspace(0, len(y_train), 6).round().astype(int)
+    enc = {"protocol": protocol, "bytes_keys": bytes_keys, "labels_as": labels_as}
     for b in range(5):
         lo, hi = bounds[b], bounds[b + 1]
         _pickle(d / f"data_batch_{b + 1}", {
             "batch_label": f"training batch {b + 1} of 5", "labels": y_train[lo:hi].tolist(),
             "data": flat[lo:hi], "filenames": [f"img_{i}.png" for i in range(lo, hi)],
-        })
+        }, **enc)
     n = len(y_train)
     _pickle(d / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": y_test.tolist(),
-                               "data": flat[n:], "filenames": [f"t_{i}.png" for i in range(n)]})
+                               "data": flat[n:], "filenames": [f"t_{i}.png" for i in range(n)]},
+            **enc)
     _pickle(d / "batches.meta", {"label_names": ["airplane", "automobile", "bird", "cat", "deer",
                                                  "dog", "frog", "horse", "ship", "truck"],
-                                 "num_cases_per_batch": 10000, "num_vis": 3072})
+                                 "num_cases_per_batch": 10000, "num_vis": 3072}, **enc)
     return targets
 
 
@@ -90,9 +95,91 @@ def write_cifar100(
     return np.concatenate([y_train, y_test])
 
 
-def _pickle(path: Path, obj: dict) -> None:
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
+LABEL_KEYS = ("labels", "fine_labels", "coarse_labels")
+
+
+def _pickle(
+    path: Path, obj: dict, protocol: int | str = 2, bytes_keys: bool = False,
+    labels_as: str = "list",
+) -> None:
+    """Pickle a CIFAR dict.
+
+    Args:
+        protocol: a pickle protocol 0-5 of this Python and numpy, or ``"py2"``: the bytes
+            Python 2's ``cPickle.dump(d, f, 2)`` with numpy 1.x wrote for the real files
+            (:func:`py2_pickle`).
+        bytes_keys: dict keys as ``bytes`` (how Python 3 sees the originals read with
+            ``encoding="bytes"``); ``"py2"`` always writes Python-2 byte strings.
+        labels_as: label lists as ``"list"`` (Python ints, like the real files), ``"array"``
+            (an int64 ndarray) or ``"numpy-ints"`` (a list of numpy int64 scalars).
+    """
+    out: dict = {}
+    for k, v in obj.items():
+        if k in LABEL_KEYS and labels_as == "array":
+            v = np.asarray(v, dtype=np.int64)
+        elif k in LABEL_KEYS and labels_as == "numpy-ints":
+            v = list(np.asarray(v, dtype=np.int64))
+        out[k.encode() if bytes_keys else k] = v
+    if protocol == "py2":
+        path.write_bytes(py2_pickle(out))
+    else:
+        with open(path, "wb") as f:
+            pickle.dump(out, f, protocol=int(protocol))
+
+
+def py2_pickle(obj: object) -> bytes:
+    """``obj`` pickled opcode for opcode as Python 2's ``cPickle`` (protocol 2) with numpy 1.x
+    wrote the CIFAR python files (minus the memo, which loading does not need).
+
+    Handles dict, list, tuple, str / bytes (written as Python-2 byte strings, latin-1), int,
+    None, bool and 1-byte or little-endian ndarrays (``numpy.core.multiarray._reconstruct``
+    plus ``__setstate__``, the array buffer a byte string).
+    """
+    return b"\x80\x02" + _py2(obj) + b"."
+
+
+def _py2_str(s: str | bytes) -> bytes:
+    b = s.encode("latin-1") if isinstance(s, str) else s
+    if len(b) < 256:
+        return b"U" + bytes([len(b)]) + b  # SHORT_BINSTRING
+    return b"T" + len(b).to_bytes(4, "little") + b  # BINSTRING
+
+
+def _py2(obj: object) -> bytes:
+    if obj is None:
+        return b"N"
+    if isinstance(obj, bool):
+        return b"\x88" if obj else b"\x89"  # NEWTRUE / NEWFALSE
+    if isinstance(obj, (int, np.integer)):
+        v = int(obj)
+        if 0 <= v < 256:
+            return b"K" + bytes([v])  # BININT1
+        if 0 <= v < 65536:
+            return b"M" + v.to_bytes(2, "little")  # BININT2
+        return b"J" + v.to_bytes(4, "little", signed=True)  # BININT
+    if isinstance(obj, (str, bytes)):
+        return _py2_str(obj)
+    if isinstance(obj, tuple):
+        body = b"".join(_py2(x) for x in obj)
+        if len(obj) == 0:
+            return b")"
+        if len(obj) <= 3:
+            return body + bytes([0x84 + len(obj)])  # TUPLE1..3
+        return b"(" + body + b"t"  # MARK ... TUPLE
+    if isinstance(obj, list):
+        return b"](" + b"".join(_py2(x) for x in obj) + b"e"  # EMPTY_LIST MARK ... APPENDS
+    if isinstance(obj, dict):
+        return b"}(" + b"".join(_py2(k) + _py2(v) for k, v in obj.items()) + b"u"
+    if isinstance(obj, np.ndarray):
+        order = "|" if obj.dtype.itemsize == 1 else "<"
+        assert obj.dtype.byteorder in ("|", "=", "<"), "little-endian arrays only"
+        dtype = (b"cnumpy\ndtype\n" + _py2((obj.dtype.str[1:], 0, 1)) + b"R"
+                 + _py2((3, order, None, None, None, -1, -1, 0)) + b"b")
+        return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + _py2((0,))
+                + _py2("b") + b"\x87R"  # _reconstruct(ndarray, (0,), 'b')
+                + b"(" + _py2(1) + _py2(tuple(obj.shape)) + dtype + _py2(False)
+                + _py2_str(np.ascontiguousarray(obj).tobytes()) + b"tb")  # __setstate__
+    raise TypeError(f"py2_pickle: unsupported {type(obj).__name__}")
 
 
 def write_idx(
@@ -189,6 +276,34 @@ def write_list_dataset(
             lines.append(rel + " " + " ".join(str(int(v)) for v in vec))
         (list_dir / f"{name}.txt").write_text("\n".join(lines) + "\n")
     return truth
+
+
+def write_named_list_dataset(
+    root: str | Path, lists: dict[str, list[tuple[str, list[int]]]], size: int = 8,
+    sep: str = " ",
+) -> dict[str, tuple[int, int, int]]:
+    """Write list files with the given image paths (spaces, brackets...) and the images.
+
+    ``lists`` maps a list name (``"train"``, ``"test"``, ...) to ``(relative path, label
+    vector)`` lines, written as ``<path><sep><labels joined by sep>``. Each image is a solid
+    colour, unique per path, saved as PNG or JPEG by its extension (PNG when it has none, so a
+    path like ``scans/page 1`` is a real image). Returns ``{relative path: (r, g, b)}``.
+    """
+    root = Path(root)
+    colours: dict[str, tuple[int, int, int]] = {}
+    for name, lines in lists.items():
+        text = []
+        for rel, vec in lines:
+            if rel not in colours:
+                k = len(colours) + 1
+                colours[rel] = (40 * k % 256, 255 - 30 * k % 256, 70 * k % 256)
+                path = root / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+                Image.new("RGB", (size, size), colours[rel]).save(path, format=fmt)
+            text.append(rel + sep + sep.join(str(v) for v in vec))
+        (root / f"{name}.txt").write_text("\n".join(text) + "\n")
+    return colours
 
 
 def write_coco_dataset(

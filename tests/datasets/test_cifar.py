@@ -1,5 +1,7 @@
 """CIFAR-10 / CIFAR-100 from torchvision-layout pickles and class folders."""
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -46,7 +48,20 @@ def test_hash_protocol_sizes_and_disjointness(cifar, protocol, counts, db_rule):
     else:
         assert db == t | v  # cifar10-2: database = the literature's train set
     assert len(db) == len(s.database)  # no duplicates
-    assert s.info["protocol"] == protocol and s.default_k == 5000 and s.num_classes == 10
+    assert s.info["protocol"] == protocol and s.num_classes == 10
+
+
+@pytest.mark.parametrize(("protocol", "k"), [("cifar10", 5000), ("cifar10-1", 0),
+                                             ("cifar10-2", 0), ("classification", 0)])
+def test_default_k_per_protocol(cifar, tmp_path, protocol, k):
+    """mAP@5000 for seed 001's cifar10; the whole database (k = 0) for cifar10-1 / cifar10-2,
+    as DeepHash-pytorch scores them (topK = -1), and for classification."""
+    root, _ = cifar
+    counts = None if protocol == "classification" else {"query": 2, "validation": 1, "train": 4}
+    assert load("cifar10", str(root), protocol=protocol, counts=counts).default_k == k
+    # the same from class folders (a train/test tree, which classification needs)
+    write_class_folders(tmp_path, per_class=7, split_tree=True, test_per_class=1, size=4)
+    assert load("cifar10", str(tmp_path), protocol=protocol, counts=counts).default_k == k
 
 
 def test_items_trace_back_to_the_written_images_and_labels(cifar):
@@ -113,8 +128,6 @@ def test_missing_batch_names_file_and_layout(tmp_path):
 
 
 def test_batch_folder_itself_as_root_and_bytes_keys(tmp_path):
-    import pickle
-
     targets = write_cifar10(tmp_path, train_per_class=9, test_per_class=0)
     # Pickles written with bytes keys (as Python 3 reads the originals with encoding="bytes").
     p = tmp_path / "cifar-10-batches-py" / "data_batch_1"
@@ -122,6 +135,45 @@ def test_batch_folder_itself_as_root_and_bytes_keys(tmp_path):
     p.write_bytes(pickle.dumps({k.encode(): v for k, v in d.items()}))
     s = load("cifar10", str(tmp_path / "cifar-10-batches-py"), counts=SMALL)
     assert sum(s.sizes().values()) == len(targets)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "bytes_keys", "labels_as"),
+    [("py2", False, "list"), (0, False, "list"), (2, False, "list"), (2, True, "list"),
+     (2, False, "array"), (2, True, "numpy-ints"), (4, True, "array"), (5, False, "list"),
+     (5, True, "array"), (5, False, "numpy-ints")],
+)
+def test_pickle_encodings_load_through_the_restricted_unpickler(
+    tmp_path, protocol, bytes_keys, labels_as
+):
+    """The real files (Python 2, protocol 2, numpy.core names, byte strings) and what Python 3
+    / numpy 2 write with any protocol load, with every image and label where it was written."""
+    targets = write_cifar10(tmp_path, train_per_class=12, test_per_class=3, protocol=protocol,
+                            bytes_keys=bytes_keys, labels_as=labels_as)
+    s = load("cifar10", str(tmp_path), counts=SMALL)
+    assert sum(s.sizes().values()) == len(targets) == 150
+    assert s.class_names[:2] == ["airplane", "automobile"]
+    for split in (s.train, s.validation, s.query, s.database):
+        for i in range(len(split)):
+            image, label, _ = split[i]
+            item = decode_id(image)
+            assert item == split.indices[i]
+            assert torch.equal(label, torch.eye(10)[targets[item]])
+
+
+def test_truncated_or_foreign_pickle_names_the_file(tmp_path):
+    write_cifar10(tmp_path, train_per_class=5, test_per_class=1)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(batch.read_bytes()[:1000])
+    with pytest.raises(DatasetError, match=r"cannot unpickle .*data_batch_2 \(truncated"):
+        load("cifar10", str(tmp_path), counts=SMALL)
+    batch.write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"cannot unpickle .*data_batch_2"):
+        load("cifar10", str(tmp_path), counts=SMALL)
+    batch.write_bytes(pickle.dumps([1, 2, 3], protocol=2))  # a pickle, but not a CIFAR dict
+    with pytest.raises(DatasetError, match=r"data_batch_2 is not a CIFAR pickle: it holds a "
+                                           r"list, expected a dict"):
+        load("cifar10", str(tmp_path), counts=SMALL)
 
 
 def test_class_folder_source(tmp_path):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from fixtures import corrupt_image, write_list_dataset
+from fixtures import corrupt_image, write_list_dataset, write_named_list_dataset
 
 from retrieval_bio.datasets import DatasetError, check, load
 
@@ -88,8 +88,9 @@ def test_imagenet100_seed001_splits_test_into_query_and_validation(tmp_path):
 
 def test_wrong_class_count_for_named_dataset(tmp_path):
     write_list_dataset(tmp_path, n_classes=5, n_train=3, n_test=2, n_database=2)
-    with pytest.raises(DatasetError, match=r"train\.txt:1: label vector has 5 entries, "
-                                           r"expected 21 \(set by num_classes=21\)"):
+    with pytest.raises(DatasetError, match=r"train\.txt:1: expected a path and 21 labels, "
+                                           r"found 6 fields: 'images/train_000\.jpg [01 ]+' "
+                                           r"\(C = 21, set by num_classes=21\)"):
         load("nuswide21", str(tmp_path))
 
 
@@ -104,7 +105,10 @@ def _edit_line(path, lineno, fn):
     [(lambda s: s + " 0", r"test\.txt:3: label vector has 6 entries, expected 5 \(set by "
                           r".*train\.txt:1\)"),
      (lambda s: s[:-1] + "2", r"test\.txt:3: label entry 4 is '2'"),
-     (lambda s: s.split()[0], r"test\.txt:3: no label vector"),
+     (lambda s: s.split()[0], r"test\.txt:3: expected a path and 5 labels, found 1 field: "
+                              r"'images/test_002\.jpg' \(C = 5, set by .*train\.txt:1\)"),
+     (lambda s: s[s.index(" ") + 1:], r"test\.txt:3: expected a path and 5 labels, found 5 "
+                                      r"fields: '[01] [01] [01] [01] [01]'"),
      (lambda s: "images/nope.jpg" + s[s.index(" "):],
       r"test\.txt:3: image file not found .*images/nope\.jpg")],
 )
@@ -181,3 +185,92 @@ def test_imagenet100_query_is_a_sample_of_test_not_its_head(tmp_path):
     kept = [ln.split()[0] for ln in lines if ln.split()[0] not in v]
     assert len(q) == 10 and set(q) <= set(kept)
     assert set(q) != set(kept[:10])
+
+
+# Paths with spaces, runs of spaces, brackets and parentheses, and inner "0" / "1" parts.
+ODD = {
+    "train": [("my photos/cat [1].png", [1, 0, 0]), ("my photos/dog  (2).jpg", [0, 1, 0]),
+              ("a [b]/c d e.jpeg", [0, 1, 1]), ("scan 1 0.png", [0, 0, 1]),
+              ("plain.png", [1, 1, 0])],
+    "test": [("q [x] y.png", [1, 0, 1]), ("my photos/cat [1].png", [1, 0, 0])],
+    "database": [("my photos/dog  (2).jpg", [0, 1, 0]), ("db/[0] 1.jpg", [0, 0, 1]),
+                 ("plain.png", [1, 1, 0])],
+}
+
+
+@pytest.mark.parametrize("sep", [" ", "\t"])
+@pytest.mark.parametrize("num_classes", [None, 3])
+def test_paths_with_spaces_and_brackets(tmp_path, sep, num_classes):
+    """Lines are parsed from the right: the last C fields are the labels, the rest the path."""
+    colours = write_named_list_dataset(tmp_path, ODD, sep=sep)
+    s = load("list", str(tmp_path), num_classes=num_classes, counts={"validation": 1})
+    assert s.num_classes == 3 and s.sizes() == {"train": 4, "validation": 1, "query": 2,
+                                                "database": 3}
+    assert _rel(s.query, tmp_path) == [p for p, _ in ODD["test"]]  # test.txt order
+    assert sorted(_rel(s.train, tmp_path) + _rel(s.validation, tmp_path)) == sorted(
+        p for p, _ in ODD["train"])
+    assert sorted(_rel(s.database, tmp_path)) == sorted(p for p, _ in ODD["database"])
+    for split, source in ((s.train, "train"), (s.validation, "train"), (s.query, "test"),
+                          (s.database, "database")):
+        truth = dict(ODD[source])
+        for i, rel in enumerate(_rel(split, tmp_path)):
+            image, label, _ = split[i]
+            assert label.tolist() == truth[rel]
+            # the decoded image is the file written under that exact name (solid colour)
+            got = (image.mean(dim=(1, 2)) * 255).tolist()
+            assert all(abs(a - b) < 4 for a, b in zip(got, colours[rel], strict=True)), (rel, got)
+
+
+def test_path_ending_in_a_label_like_part(tmp_path):
+    """'scans/page 1' ends in a part that reads as a label. Once C is known (num_classes, or
+    a first line) the path is kept when that file exists; on the first line without
+    num_classes it is ambiguous (documented): C comes out one too large, and the first line
+    with the real C labels fails, pointing back to that first line."""
+    lists = {"train": [("plain.png", [1, 0, 0]), ("scans/page 1", [0, 1, 0]),
+                       ("scans/page 1", [0, 0, 1])],
+             "test": [("scans/page 1", [1, 0, 1])], "database": [("plain.png", [1, 0, 0])]}
+    write_named_list_dataset(tmp_path, lists)
+    s = load("list", str(tmp_path), protocol="lists")  # C = 3 from 'plain.png 1 0 0'
+    assert _rel(s.query, tmp_path) == ["scans/page 1"]
+    assert s.query.labels[0].tolist() == [1, 0, 1] and s.num_classes == 3
+    assert s.query[0][0].shape == (3, 32, 32)  # the file 'scans/page 1' decodes
+
+    lists["train"] = lists["train"][1:] + lists["train"][:1]  # the ambiguous line first
+    write_named_list_dataset(tmp_path, lists)
+    with pytest.raises(DatasetError, match=r"train\.txt:3: expected a path and 4 labels, "
+                                           r"found 4 fields: 'plain\.png 1 0 0' \(C = 4, set "
+                                           r"by .*train\.txt:1\)"):
+        load("list", str(tmp_path))
+    s = load("list", str(tmp_path), num_classes=3, counts={"validation": 1})
+    assert "scans/page 1" in _rel(s.train, tmp_path) + _rel(s.validation, tmp_path)
+    # a line with one label too many (no such file 'plain.png 1') is still named as such
+    (tmp_path / "database.txt").write_text("plain.png 1 1 0 0\n")
+    with pytest.raises(DatasetError, match=r"database\.txt:1: label vector has 4 entries, "
+                                           r"expected 3 \(set by num_classes=3\); or, if "
+                                           r"'plain\.png 1' is the image path"):
+        load("list", str(tmp_path), num_classes=3)
+
+
+@pytest.mark.parametrize(
+    ("line", "kw", "message"),
+    [("foo.jpg 1", {"num_classes": 21},
+      r"train\.txt:1: expected a path and 21 labels, found 2 fields: 'foo\.jpg 1' "
+      r"\(C = 21, set by num_classes=21\)"),
+     ("0 1 1", {"num_classes": 3}, r"expected a path and 3 labels, found 3 fields: '0 1 1'"),
+     ("  my photos/cat.png  ", {}, r"train\.txt:1: expected a path and a 0/1 label vector, "
+                                   r"found 2 fields: 'my photos/cat\.png' \(the last field "
+                                   r"'photos/cat\.png' is not a 0/1 label\)"),
+     ("solo.png", {}, r"expected a path and a 0/1 label vector, found 1 field: 'solo\.png'"),
+     ("a b.png 0 2", {}, r"train\.txt:1: expected a path and a 0/1 label vector, found 4 "
+                         r"fields: 'a b\.png 0 2' \(the last field '2' is not a 0/1 label\)"),
+     ("a b.png 0 2 1", {"num_classes": 3}, r"train\.txt:1: label entry 1 is '2'")],
+)
+def test_short_or_bad_line_says_what_it_found(tmp_path, line, kw, message):
+    write_list_dataset(tmp_path, n_classes=kw.get("num_classes", 3), n_train=3, n_test=2,
+                       n_database=2)
+    train = tmp_path / "train.txt"
+    train.write_text(line + "\n" + train.read_text())
+    with pytest.raises(DatasetError, match=message):
+        load("list", str(tmp_path), **kw)
+    s = load("list", str(tmp_path), skip_bad=True, **kw)  # the other lines are fine
+    assert s.info["skipped"] == 1 and len(s.train) + len(s.validation) == 3

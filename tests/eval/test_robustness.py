@@ -13,7 +13,6 @@ from helpers import PNG_SIGNATURE
 
 from retrieval_bio.eval.robustness import (
     default_eps,
-    report_paths,
     report_rows,
     subsample,
 )
@@ -101,7 +100,9 @@ def test_hash_report_schema_budget_and_effect(hash_frsf, hag_report):
     # ... and the exact (white-box) one hurts retrieval substantially at ε = 0.5.
     assert rep["map"]["exact"][-1] < rep["clean_map"] - 0.1
     # The JSON on disk is the returned report; the PNG is a real image.
-    json_path, png_path = report_paths(hash_frsf, "hag")
+    json_path = Path(rep["path"])
+    png_path = json_path.with_suffix(".png")
+    assert json_path.parent == hash_frsf and json_path.name.startswith("attack-hag-")
     assert json.loads(json_path.read_text()) == rep
     assert_png(png_path)
     header, rows = report_rows(rep)
@@ -112,8 +113,9 @@ def test_hash_report_schema_budget_and_effect(hash_frsf, hag_report):
 def test_sdha_subsample_and_determinism(hash_frsf):
     kw = dict(max_queries=30, device="cpu", seed=3, grads=("exact",), plot=False)
     a = attack_run(hash_frsf, "sdha", [0.0, 0.1], **kw)
-    b = attack_run(hash_frsf, "sdha", [0.0, 0.1], **kw)
-    a.pop("time_s"), b.pop("time_s")
+    b = attack_run(hash_frsf, "sdha", [0.0, 0.1], overwrite=True, **kw)  # recomputed
+    for r in (a, b):
+        r.pop("time_s")
     assert a == b
     assert a["num_queries"] == 30 and a["grad"] == ["exact"]
     assert a["map"]["exact"][0] == a["clean_map"]
@@ -132,7 +134,7 @@ def test_classify_eps0_equals_clean_and_bp_attacks_once(classify_bp):
     assert rep["accuracy"]["exact"][1] < rep["clean_accuracy"]
     assert rep["linf"]["exact"][1] <= 0.3 + 1e-6
     assert rep["grad_calls"]["exact"] == [2, 2]  # FGSM: one gradient per batch (2 batches)
-    assert_png(report_paths(classify_bp, "fgsm")[1])
+    assert_png(Path(rep["path"]).with_suffix(".png"))
 
 
 def test_square_is_gradient_free(classify_bp):
