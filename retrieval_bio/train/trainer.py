@@ -44,7 +44,8 @@ class NonFiniteLossError(DivergenceError):
     """The loss became NaN or infinite; the message names the epoch and step."""
 
 
-#: steps whose mean loss is the reference level of the divergence check
+#: the divergence check of the loss starts at this global step (the smoothed loss needs a
+#: few steps to mean anything)
 DIVERGENCE_WARMUP = 10
 #: smoothing of the loss average compared against the reference (a lone spike is no trend)
 DIVERGENCE_EMA = 0.9
@@ -62,7 +63,7 @@ class TrainerState:
     epoch_loss_sum: float = 0.0
     epoch_seen: int = 0
     epoch_time: float = 0.0
-    # divergence check: mean loss of the first steps, smoothed recent loss, start weight norm
+    # divergence check: loss of the first step, smoothed recent loss, start weight norm
     loss_reference: float | None = None
     loss_ema: float | None = None
     weight_norm_start: float | None = None
@@ -96,7 +97,7 @@ class Trainer:
             it has an ``epoch_end(entry, best=bool)`` method, that is called with each
             epoch's history entry.
         divergence_factor: stop with :class:`DivergenceError` when the smoothed loss exceeds
-            this multiple of its level over the first steps, or the weights' norm this
+            this multiple of the first step's loss, or the weights' norm this
             multiple of its start; ``0`` turns the check off (NaN/inf always stops).
         history_hooks: called with the state after each epoch's files are written (e.g. to
             draw the training curve).
@@ -310,30 +311,28 @@ class Trainer:
         return math.sqrt(sq)
 
     def _check_divergence(self, loss: float) -> None:
-        """Stop when the smoothed loss has grown ``divergence_factor``-fold over its level
-        on the first :data:`DIVERGENCE_WARMUP` steps (a run that is blowing up without having
-        hit inf yet)."""
+        """Stop when the smoothed loss has grown ``divergence_factor``-fold over the loss of
+        the run's first step (taken before any update, so a blow-up in the first steps
+        cannot raise its own reference); checked from step :data:`DIVERGENCE_WARMUP` on."""
         s = self.state
         if self.divergence_factor <= 0:
             return
+        if s.loss_reference is None:
+            s.loss_reference = abs(loss)
         s.loss_ema = loss if s.loss_ema is None else (
             DIVERGENCE_EMA * s.loss_ema + (1 - DIVERGENCE_EMA) * loss)
-        if s.global_step <= DIVERGENCE_WARMUP:
-            # running mean of the first steps' |loss|
-            n = s.global_step
-            s.loss_reference = abs(loss) if s.loss_reference is None else (
-                s.loss_reference + (abs(loss) - s.loss_reference) / n)
+        ref = s.loss_reference
+        if s.global_step < DIVERGENCE_WARMUP or ref <= 0:
             return
-        ref = s.loss_reference or 0.0
-        if ref > 0 and s.loss_ema > self.divergence_factor * ref:
+        if s.loss_ema > self.divergence_factor * ref:
             raise DivergenceError(
                 f"training diverged at epoch {s.epoch + 1}, step {s.step} (global step "
                 f"{s.global_step}): the smoothed loss is {s.loss_ema:.4g}, "
-                f"{s.loss_ema / ref:.3g} times its level over the first {DIVERGENCE_WARMUP} "
-                f"steps ({ref:.4g}){self._kept()}. Likely cause: the learning rate is too high "
-                f"for this model and rule (lower lr_backbone / lr_head), or the rule's feedback "
-                f"is too large (scale 'none' on a deep net). divergence_factor="
-                f"{self.divergence_factor:g} sets this check (0 turns it off)."
+                f"{s.loss_ema / ref:.3g} times the loss of the first step ({ref:.4g})"
+                f"{self._kept()}. Likely cause: the learning rate is too high for this model "
+                f"and rule (lower lr_backbone / lr_head), or the rule's feedback is too large "
+                f"(scale 'none' on a deep net). divergence_factor={self.divergence_factor:g} "
+                f"sets this check (0 turns it off)."
             )
 
     def _check_weights(self) -> None:
@@ -345,8 +344,8 @@ class Trainer:
             raise DivergenceError(
                 f"training diverged by epoch {s.epoch + 1}: the weights' norm grew {ratio:.3g}"
                 f"-fold since the start{self._kept()}. Likely cause: the learning rate is too "
-                f"high (lower lr_backbone / lr_head), or weight decay is off with a large "
-                f"rate. divergence_factor={self.divergence_factor:g} sets this check (0: off)."
+                f"high for this model and rule (lower lr_backbone / lr_head). "
+                f"divergence_factor={self.divergence_factor:g} sets this check (0: off)."
             )
 
     def _warn_at_chance(self, entry: dict[str, Any]) -> None:
