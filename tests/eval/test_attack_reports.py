@@ -174,7 +174,7 @@ def test_read_only_run_folder_still_prints_and_keeps_results(tiny_run):
                                                            str(writable), 1))
         (report,) = env_fallback.glob("attack-hag-*.json")  # ...it went here instead
         assert json.loads(report.read_text())["map"]["exact"][0] is not None
-        r = _without_override([sys.executable, "-m", "retrieval_bio.cli", "evaluate", str(run)], env)
+        r = _without_override([*cmd[:3], "evaluate", str(run)], env)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "mAP@all" in r.stdout and "Traceback" not in r.stderr
     finally:
