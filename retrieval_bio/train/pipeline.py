@@ -209,12 +209,17 @@ def train_run(
     try:
         state = trainer.fit(resume=resume)
     except DatasetError as e:
-        kept = (f"progress up to epoch {trainer.state.epoch + 1}, step {trainer.state.step} "
-                f"is saved in {ckpt}" if trainer.saved_on_error else
-                f"the last checkpoint is {ckpt}" if ckpt.is_file() else "no checkpoint exists yet")
-        raise DatasetError(
-            f"{e}\nTraining stopped on bad data; {kept}. Continue without the bad items: "
-            f"retrieval-bio {cfg.stage} --resume --skip-bad --out {run_dir}") from e
+        if ckpt.is_file():
+            kept = (f"progress up to epoch {trainer.state.epoch + 1}, step {trainer.state.step} "
+                    f"is saved in {ckpt}" if trainer.saved_on_error else
+                    f"the last checkpoint is {ckpt}")
+            todo = f"retrieval-bio {cfg.stage} --resume --skip-bad --out {run_dir}"
+        else:
+            kept = "no checkpoint was written yet"
+            todo = (f"retrieval-bio {cfg.stage} --config {run_dir / CONFIG} --skip-bad "
+                    f"--out {run_dir}")
+        raise DatasetError(f"{e}\nTraining stopped on bad data; {kept}. Continue without the "
+                           f"bad items: {todo}") from e
     metrics = {"stage": cfg.stage, "task": cfg.task, "rule": cfg.rule,
                "best_epoch": state.best_epoch, select: state.best_value,
                "skipped_items": skipped_items(splits)}
