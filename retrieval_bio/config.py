@@ -30,7 +30,7 @@ TASKS = ("classify", "hash")
 SCALES = ("norm", "none", "init")
 DEVICES = ("auto", "cpu", "cuda", "mps")  # and "cuda:N" for the N-th GPU
 #: Keys a resumed run may change: they alter neither the math nor the data order of the
-#: steps already taken (``skip_bad`` drops unreadable items; see docs/robustness-of-runs).
+#: steps already taken (``skip_bad`` drops unreadable items; see docs/runs.md).
 RESUME_SAFE = ("epochs", "skip_bad", "num_workers", "device", "out")
 
 
