@@ -154,3 +154,17 @@ def test_second_run_into_the_same_folder_is_refused(hash_run, tmp_path):
     shutil.copytree(hash_run, out_dir)
     r, out = invoke("finetune", "--out", out_dir)
     assert r.exit_code == 2 and "already holds a run" in out and "--resume" in out
+
+
+def test_training_prints_each_epoch_and_draws_its_curve(tmp_path):
+    import matplotlib.image
+
+    r, out = invoke("pretrain", "--backbone", "small-cnn", "--image-size", "8", "--epochs", "2",
+                    "--batch-size", "64", "--device", "cpu", "--out", tmp_path / "p")
+    assert r.exit_code == 0, out
+    history = read_json(tmp_path / "p" / "metrics.json")["history"]
+    for h in history:  # one plain line per epoch, with its validation metric, not a dict
+        assert f"epoch {h['epoch']}/2 loss {h['loss']:.4g} val_accuracy" in out
+    assert "{'epoch'" not in out
+    img = matplotlib.image.imread(tmp_path / "p" / "training_curve.png")
+    assert img.shape[0] > 200 and img[..., :3].std() > 0.05
