@@ -37,10 +37,10 @@ from .eval.robustness import (
     GRADIENT_FREE,
     HASH_ATTACKS,
     NO_GRAD,
-    _Cells,
-    _check_grads,
     attack_task,
+    check_grads,
     default_eps,
+    missing_cells,
     report_paths,
     settings_key,
     subsample,
@@ -209,7 +209,7 @@ def check_attack_options(
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if attack not in GRADIENT_FREE:
         try:
-            _check_grads(grads)
+            check_grads(grads)
         except ValueError as e:
             raise ConfigError(f"--grad: {e}") from None
     return eps
@@ -287,10 +287,10 @@ def attack_run(
                 f"{before.get('epoch')}) than {wpath} holds now (epoch {used['epoch']}); pass "
                 f"--overwrite to recompute it")
     effective = [NO_GRAD] if attack in GRADIENT_FREE else list(dict.fromkeys(grads))
-    if previous is not None and not _Cells(previous["metric"], previous).missing(effective, eps):
-        previous["notes"] = [n for n in previous.get("notes", []) if "already" not in n] + [
-            f"every requested cell was already computed with these settings and weights: "
-            f"read from {json_path} (pass --overwrite to recompute)"]
+    if previous is not None and not missing_cells(previous, effective, eps):
+        previous["notes"] = [*previous.get("notes", []),
+                             f"every requested cell was already computed with these settings "
+                             f"and weights: read from {json_path} (--overwrite recomputes)"]
         previous["path"] = str(json_path)
         return previous
 

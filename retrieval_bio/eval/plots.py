@@ -93,6 +93,15 @@ def line_plot(
         if note:
             fig.text(0.01, 0.01, note, fontsize=7, color="0.35", ha="left", va="bottom")
         fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
+    except BaseException:
+        plt.close(fig)
+        raise
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Render ``fig`` to PNG, close it, and write the file atomically."""
+    try:
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
     finally:
@@ -208,9 +217,7 @@ def training_curve_plot(
             ax.grid(True, alpha=0.3)
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-    finally:
+    except BaseException:
         plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+        raise
+    return _save(fig, path)

@@ -151,7 +151,7 @@ def sweep_hash(
         raise ValueError(f"{attack!r} is not a hashing attack ({', '.join(HASH_ATTACKS)})")
     from ..attacks import ATTACKS
 
-    _check_grads(grads)
+    check_grads(grads)
     device = torch.device(device)
     progress = ensure(progress)
     kwargs = dict(attack_kwargs or {})
@@ -231,7 +231,7 @@ def sweep_classify(
         if steps is not None:
             kwargs["n_queries"] = steps
     else:
-        _check_grads(grads)
+        check_grads(grads)
         if attack == "pgd" and steps is not None:
             kwargs["steps"] = steps
 
@@ -263,6 +263,13 @@ def _clean_outputs(
             clean.append(model(x.to(device)).float().cpu())
             labels.append(y.float())
     return torch.cat(clean).numpy(), torch.cat(labels).numpy()
+
+
+def missing_cells(
+    report: dict[str, Any], grads: Sequence[str], eps: Sequence[float]
+) -> list[tuple[str, float]]:
+    """The (source, ε) cells of ``grads`` x ``eps`` that ``report`` holds no value for."""
+    return _Cells(report["metric"], report).missing(grads, eps)
 
 
 class _Cells:
@@ -360,7 +367,7 @@ def _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, pro
     return report()
 
 
-def _check_grads(grads: Sequence[str]) -> None:
+def check_grads(grads: Sequence[str]) -> None:
     from ..attacks import GRAD_SOURCES
 
     bad = [g for g in grads if g not in GRAD_SOURCES]
