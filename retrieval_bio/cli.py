@@ -72,6 +72,12 @@ def _message(e: BaseException) -> str:
     # KeyError's str() adds quotes around the message; the message itself has none to strip
     if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str):
         return e.args[0]
+    from .runs import RunFolderError
+
+    if isinstance(e, OSError) and not isinstance(e, RunFolderError) and e.filename:
+        # a bare "[Errno 30] Read-only file system: 'x'": say what failed and what to do
+        return (f"cannot write or read {e.filename}: {e.strerror}; check that the folder "
+                f"exists, is a folder and is writable, or choose another --out")
     return str(e)
 
 
@@ -219,14 +225,13 @@ def _check_data_options(cfg: RunConfig) -> None:
     """A mistyped --data-opt key is named before any data is read (loaders would otherwise
     swallow it through ``**kwargs``)."""
     from .datasets import DATASETS
+    from .datasets.listfile import LIST_LOADERS, load_list_splits
 
     loader = DATASETS.get(cfg.dataset)
     params = inspect.signature(loader).parameters
-    named = {n for n, p in params.items() if p.kind is not p.VAR_KEYWORD}
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        # loaders pass **kw on to a shared reader: accept what that reader takes too
-        from .datasets.listfile import load_list_splits
-
+    named = {n for n, p in params.items()
+             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and not n.startswith("_")}
+    if cfg.dataset in LIST_LOADERS:  # they pass **kw on to the shared list-file reader
         named |= set(inspect.signature(load_list_splits).parameters)
     reserved = {"root", "protocol", "seed", "image_size", "augment", "name"}
     unknown = sorted(set(cfg.dataset_options) - (named - reserved) - {"skip_bad"})
@@ -324,6 +329,8 @@ def data_check(
     from .ui import print_table
 
     kw: dict = {"lists": lists} if lists else {}
+    if seed < 0:
+        _fail(f"--seed must be >= 0, got {seed}")
     with _guard():
         if counts:
             try:
@@ -539,7 +546,7 @@ def report(
     from .ui import print_table
 
     with _guard():
-        cfg = RunConfig.load(run / CONFIG)
+        cfg = RunConfig.load_run(run / CONFIG)
         metrics = read_json(run / METRICS)
         problems: list[str] = []
         reports = load_reports(run, problems)

@@ -112,6 +112,8 @@ class RunConfig:
             raise ConfigError(f"betas must lie in [0, 1), got {self.betas}")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
 
     # -- (de)serialisation ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -153,6 +155,20 @@ class RunConfig:
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
 
+    @classmethod
+    def load_run(cls, path: str | Path) -> RunConfig:
+        """The ``config.yaml`` of a run folder, which the toolkit writes with every key: a
+        file lacking keys (emptied or truncated) is refused rather than filled with
+        defaults that would describe another run."""
+        cfg = cls.load(path)
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        lacking = [f.name for f in fields(cls) if f.name not in data]
+        if lacking:
+            raise ConfigError(
+                f"{path} lacks {', '.join(lacking[:6])}{' ...' if len(lacking) > 6 else ''}: "
+                f"it is truncated or was edited; restore it (every run writes all keys)")
+        return cfg
+
     def replace(self, **overrides: Any) -> RunConfig:
         """A copy with ``overrides`` applied (``None`` values are ignored: flag not given)."""
         given = {k: v for k, v in overrides.items() if v is not None}
@@ -184,7 +200,14 @@ def build_config(
     explicit: set[str] = set()
     if config_file is not None:
         file_cfg = RunConfig.load(config_file).to_dict()
-        keys = _yaml_mapping(config_file)
+        keys = [k for k in _yaml_mapping(config_file) if k != "stage"]
+        if file_cfg["stage"] != stage and "stage" in _yaml_mapping(config_file):
+            raise ConfigError(
+                f"{config_file} is a {file_cfg['stage']} config; run it with 'retrieval-bio "
+                f"{file_cfg['stage']} --config {config_file}'")
+        if stage == "pretrain" and file_cfg["rule"] != "bp":
+            raise ConfigError(f"{config_file} sets rule: {file_cfg['rule']}, but pre-training "
+                              f"is backpropagation; use 'retrieval-bio finetune'")
         explicit |= set(keys)
         base = base.replace(**{k: file_cfg[k] for k in keys})
     explicit |= {k for k, v in overrides.items() if v is not None}
@@ -205,7 +228,7 @@ def _from_init(init: str | None, keys: list[str]) -> dict[str, Any]:
     cfg_path = Path(init) / "config.yaml"
     if not cfg_path.is_file():
         return {}
-    source = RunConfig.load(cfg_path)
+    source = RunConfig.load_run(cfg_path)
     return {k: getattr(source, k) for k in keys}
 
 
@@ -229,7 +252,7 @@ def resume_config(
         raise ConfigError(
             f"--resume: {path} does not exist, so there is no run to continue in {run_dir}; "
             f"start it without --resume")
-    stored = RunConfig.load(path)
+    stored = RunConfig.load_run(path)
     given: dict[str, Any] = {}
     if config_file is not None:
         file_cfg = RunConfig.load(config_file).to_dict()
@@ -241,6 +264,10 @@ def resume_config(
             f"{run_dir} holds a {stored.stage} run; resume it with 'retrieval-bio "
             f"{stored.stage} --resume --out {run_dir}'")
     probe = stored.replace(**given)  # validates and normalises the given values
+    done = _epochs_done(run_dir)
+    if probe.epochs < done:
+        raise ConfigError(f"--epochs {probe.epochs} is fewer than the {done} epochs {run_dir} "
+                          f"has already trained; give --epochs {done} or more")
     apply: dict[str, Any] = {"out": str(run_dir)}
     for key in given:
         new, old = getattr(probe, key), getattr(stored, key)
@@ -255,6 +282,12 @@ def resume_config(
             f"the option, or start a new run with another --out. Options that may change on "
             f"resume: {', '.join('--' + k.replace('_', '-') for k in RESUME_SAFE)}")
     return stored.replace(**apply)
+
+
+def _epochs_done(run_dir: Path) -> int:
+    from .runs import METRICS, read_json
+
+    return len(read_json(run_dir / METRICS).get("history", []))
 
 
 def _show(value: Any) -> str:

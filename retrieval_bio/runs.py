@@ -119,6 +119,9 @@ def output_dir(run_dir: str | Path, out_dir: str | Path | None, notes: list[str]
     target = Path(out_dir) if out_dir is not None else Path(run_dir)
     if writable_dir(target):
         return target
+    if out_dir is not None:  # the user's own choice: say so rather than go elsewhere
+        raise RunFolderError(f"--report-dir {target} cannot be written (not a folder, or "
+                             f"read-only); choose another")
     fallback = fallback_dir(run_dir)
     if not writable_dir(fallback):
         raise RunFolderError(f"neither {target} nor {fallback} can be written; pass "
@@ -163,14 +166,20 @@ def read_json(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def update_metrics(run_dir: str | Path, **entries: Any) -> dict[str, Any]:
-    """Merge ``entries`` into ``run_dir/metrics.json`` (atomically) and return the result.
+def update_metrics(
+    run_dir: str | Path, *, drop: Any = (), **entries: Any
+) -> dict[str, Any]:
+    """Merge ``entries`` into ``run_dir/metrics.json`` (atomically) and return the result;
+    ``drop`` (keys, or a predicate on a key) removes entries first, so that numbers of an
+    earlier evaluation are not left beside newer ones.
 
     A damaged ``metrics.json`` is never overwritten (that would lose its history): the
     :class:`RunFolderError` of :func:`read_json` propagates.
     """
     path = Path(run_dir) / METRICS
     metrics = read_json(path)
+    gone = drop if callable(drop) else set(drop).__contains__
+    metrics = {k: v for k, v in metrics.items() if not gone(k)}
     metrics.update(entries)
     atomic_write_json(path, metrics)
     return metrics

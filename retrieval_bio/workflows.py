@@ -30,7 +30,7 @@ import torch
 from .config import ConfigError, RunConfig
 from .eval.encode import accuracy, encode
 from .eval.plots import attack_plot, line_plot
-from .eval.report import CODES, load_codes, retrieval_report
+from .eval.report import CODES, is_evaluation_key, load_codes, retrieval_report
 from .eval.robustness import (
     CLASSIFY_ATTACKS,
     DEFAULT_BATCH,
@@ -71,7 +71,7 @@ def _load_config(run_dir: Path) -> RunConfig:
     path = run_dir / CONFIG
     if not path.is_file():
         raise RunFolderError(f"{run_dir} is not a run folder: {path} does not exist")
-    return RunConfig.load(path)
+    return RunConfig.load_run(path)
 
 
 def evaluate_run(
@@ -111,13 +111,16 @@ def evaluate_run(
     dest = output_dir(run_dir, out_dir, notes)
     dev = resolve_device(device)
     report: dict[str, Any]
+    other_weights = weights != "best"
     if cfg.task == "hash":
         codes_path = run_dir / CODES
-        if encode_codes or weights != "best" or not codes_path.is_file():
+        if encode_codes or other_weights or not codes_path.is_file():
             run = open_run(run_dir, weights=weights, device=dev, skip_bad=skip_bad)
             if index is not None:
                 run.config = run.config.replace(index=index)
-            codes = _encode_codes(run, dest, progress)
+            # the run's codes.npz and database.index are the selected epoch's: codes of
+            # other weights are scored in memory and never replace them
+            codes = _encode_codes(run, None if other_weights else dest, progress)
             k = retrieval_k(run.config, run.splits) if k is None else k
             used = run.weights
             extra = {"skipped_items": skipped_items(run.splits)}
@@ -127,11 +130,14 @@ def evaluate_run(
             used = metrics.get("test_weights") or {"file": BEST, "epoch": metrics.get(
                 "best_epoch"), "sha256": None}
             extra = {}
+        if radius < 0:
+            raise ConfigError(f"--radius must be >= 0, got {radius}")
         report = {**retrieval_report(codes, k, radius), **extra}
-        try:
-            _plot_pr(dest / "pr_curve.png", report["pr_curve"], cfg)
-        except OSError as e:
-            notes.append(f"pr_curve.png not written: {e}")
+        if not other_weights:
+            try:
+                _plot_pr(dest / "pr_curve.png", report["pr_curve"], cfg)
+            except OSError as e:
+                notes.append(f"pr_curve.png not written: {e}")
     else:
         run = open_run(run_dir, weights=weights, device=dev, skip_bad=skip_bad)
         logits, labels, _ = encode(run.model, run.splits.query,
@@ -142,7 +148,15 @@ def evaluate_run(
         used = run.weights
     report["evaluated_weights"] = used
     try:
-        update_metrics(dest, **report)
+        if other_weights:  # kept apart: the top-level numbers stay the selected epoch's
+            label = f"{used['file']} (epoch {used['epoch']})"
+            entry = {k: v for k, v in report.items() if k != "pr_curve"}
+            update_metrics(dest, evaluations={**metrics.get("evaluations", {}), label: entry})
+            notes.append(f"weights other than best.pt: results stored under evaluations."
+                         f"{label!r} in metrics.json; the run's own numbers and codes are "
+                         f"unchanged")
+        else:
+            update_metrics(dest, drop=is_evaluation_key, **report)
         report["written_to"] = str(dest / METRICS)
     except OSError as e:
         notes.append(f"{dest / METRICS} not written ({e}); the results are only shown")
@@ -151,9 +165,12 @@ def evaluate_run(
     return report
 
 
-def _encode_codes(run: Any, dest: Path, progress: Progress | None) -> dict[str, np.ndarray]:
+def _encode_codes(
+    run: Any, dest: Path | None, progress: Progress | None
+) -> dict[str, np.ndarray]:
     """Encode query and database with the opened run's model; write ``codes.npz`` and
-    ``database.index`` into ``dest``. Returns the codes as :func:`load_codes` would."""
+    ``database.index`` into ``dest`` (``None``: write nothing). Returns the codes as
+    :func:`load_codes` would."""
     from .index import sign_codes
 
     cfg, model, splits = run.config, run.model, run.splits
@@ -164,9 +181,11 @@ def _encode_codes(run: Any, dest: Path, progress: Progress | None) -> dict[str, 
     d, dl, di = encode(model, splits.database, batch_size=bs, device=dev, progress=progress,
                        description="encoding database")
     q_codes, d_codes = sign_codes(q), sign_codes(d)
-    save_codes(dest / CODES, q_codes, ql, qi, d_codes, dl, di)
-    build_index(cfg, d_codes).save(dest / INDEX)
-    return load_codes(dest / CODES)
+    if dest is not None:
+        save_codes(dest / CODES, q_codes, ql, qi, d_codes, dl, di)
+        build_index(cfg, d_codes).save(dest / INDEX)
+    return {"query_codes": q_codes, "query_labels": ql.astype(np.uint8), "query_ids": qi,
+            "db_codes": d_codes, "db_labels": dl.astype(np.uint8), "db_ids": di}
 
 
 def _plot_pr(path: Path, curve: dict[str, list[float]], cfg: RunConfig) -> None:
@@ -177,7 +196,7 @@ def _plot_pr(path: Path, curve: dict[str, list[float]], cfg: RunConfig) -> None:
 
 def check_attack_options(
     attack: str, eps: Sequence[float] | None, *, grads: Sequence[str], steps: int | None,
-    preset: str | None, max_queries: int | None, batch_size: int,
+    preset: str | None, max_queries: int | None, batch_size: int, seed: int = 0,
 ) -> list[float]:
     """Validate an attack request before anything is loaded; returns the ε list to use.
 
@@ -207,6 +226,8 @@ def check_attack_options(
         raise ConfigError(f"--num-images must be >= 1, got {max_queries}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {seed}")
     if attack not in GRADIENT_FREE:
         try:
             check_grads(grads)
@@ -259,7 +280,7 @@ def attack_run(
     """
     run_dir = Path(run_dir)
     eps = check_attack_options(attack, eps, grads=grads, steps=steps, preset=preset,
-                               max_queries=max_queries, batch_size=batch_size)
+                               max_queries=max_queries, batch_size=batch_size, seed=seed)
     task = attack_task(attack)
     cfg = _load_config(run_dir)
     if cfg.task != task:

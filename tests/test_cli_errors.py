@@ -82,11 +82,20 @@ def test_one_error_line_and_no_spurious_exit_code(hash_run):
     (("pretrain", "--data-opt", "lits=/x", "--out", "{tmp}/d"), "--data-opt lits"),
     (("pretrain", "--betas", "0.9", "--out", "{tmp}/b"), "--betas takes two numbers"),
     (("pretrain", "--device", "gpu", "--out", "{tmp}/g"), "cuda:N"),
+    (("pretrain", "--seed", "-1", "--out", "{tmp}/s"), "seed must be >= 0"),
+    (("attack", "hag", "{run}", "--seed", "-1"), "--seed must be >= 0"),
+    (("pretrain", "--data-opt", "counts=5", "--out", "{tmp}/c"), "not an option of dataset"),
+    (("pretrain", "--protocol", "xyz", "--out", "{tmp}/p"), "one protocol"),
+    (("evaluate", "{run}", "--radius", "-1"), "--radius must be >= 0"),
+    (("attack", "hag", "{run}", "--eps", "0.1", "--report-dir", "{run}/metrics.json"),
+     "--report-dir"),
 ])
 def test_user_mistakes(hash_run, tmp_path, args, message):
     r, out = invoke(*(a.format(run=hash_run, tmp=tmp_path) for a in args))
     assert r.exit_code == 2, out
     assert message in out and "Traceback" not in r.output
+    # a failed start leaves no half-made run folder beside the fixture's run
+    assert [p.name for p in tmp_path.iterdir()] == [hash_run.name]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -115,13 +124,14 @@ def test_damaged_run_files_are_named_with_the_fix(hash_run):
 
 
 def test_evaluate_at_k_zero_and_k_and_index_kind(hash_run):
+    r, out = invoke("evaluate", hash_run, "--k", "5", "--radius", "3")
+    m = read_json(hash_run / "metrics.json")
+    assert r.exit_code == 0 and "mAP@5" in out and 0 <= m["recall@k"] < 1
     r, out = invoke("evaluate", hash_run, "--k", "0")
     assert r.exit_code == 0 and "mAP@all" in out
     m = read_json(hash_run / "metrics.json")
-    assert "precision@k" not in m and "recall@k" not in m  # base rate and 1: not reported
-    r, out = invoke("evaluate", hash_run, "--k", "5")
-    m = read_json(hash_run / "metrics.json")
-    assert r.exit_code == 0 and "mAP@5" in out and 0 <= m["recall@k"] < 1
+    # base rate and 1 are not reported at k = 0, and the k = 5 numbers are not left behind
+    assert "precision@k" not in m and "recall@k" not in m and "precision@h<=3" not in m
     r, out = invoke("evaluate", hash_run, "--encode", "--index", "multihash", "--device", "cpu")
     assert r.exit_code == 0, out
     assert HammingIndex.load(hash_run / "database.index").kind == "multihash"
@@ -168,3 +178,15 @@ def test_training_prints_each_epoch_and_draws_its_curve(tmp_path):
     assert "{'epoch'" not in out
     img = matplotlib.image.imread(tmp_path / "p" / "training_curve.png")
     assert img.shape[0] > 200 and img[..., :3].std() > 0.05
+
+
+def test_other_weights_never_replace_the_selected_epochs_results(hash_run):
+    before = read_json(hash_run / "metrics.json")
+    codes = (hash_run / "codes.npz").read_bytes()
+    r, out = invoke("evaluate", hash_run, "--weights", "last", "--device", "cpu")
+    assert r.exit_code == 0, out
+    assert "checkpoint.pt (epoch 1)" in out
+    after = read_json(hash_run / "metrics.json")
+    assert (hash_run / "codes.npz").read_bytes() == codes
+    assert after["map@k"] == before["map@k"]
+    assert "checkpoint.pt (epoch 1)" in after["evaluations"]

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .base import DatasetSplits, TensorSplit, one_hot, per_class_split
+from .errors import DatasetError
 from .registry import DATASETS
 
 TRAIN_PER_CLASS = 100
@@ -35,7 +36,7 @@ def load_digits_splits(
 ) -> DatasetSplits:
     """Load ``digits`` resized to ``image_size`` px; ``root`` is ignored (data is bundled)."""
     if protocol not in (None, "digits"):
-        raise ValueError(f"dataset 'digits' has one protocol, 'digits'; got {protocol!r}")
+        raise DatasetError(f"dataset 'digits' has one protocol, 'digits'; got {protocol!r}")
     images, targets = digits_arrays()
     labels = one_hot(targets, 10)
     train, val, query, rest = per_class_split(

@@ -42,6 +42,9 @@ from .images import keep_readable
 from .registry import DATASETS
 from .splits import carve, merge_counts, shuffled
 
+#: registered loaders that pass their extra options on to :func:`load_list_splits`
+LIST_LOADERS = ("list", "nuswide21", "imagenet100")
+
 LIST_FILES = {"train": "train.txt", "query": "test.txt", "database": "database.txt"}
 VAL_FILE = "val.txt"
 _FIELD = re.compile(r"\S+")  # one whitespace-separated field of a line

@@ -20,7 +20,8 @@ labelled by the settings that differ. Every entry names the report file it came 
                                         "dataset": str, "report": file,
                                         "settings": {...} | null}}}}
     warnings [str]: entries that differ in dataset, queries, steps, k or ε grid; runs
-             without reports; report files that could not be read
+             without reports; report files that could not be read; incomplete reports;
+             reports whose weights file has changed since
     plots    {attack: "compare-<attack>.png"} (relative to the output folder)
 """
 
@@ -165,6 +166,7 @@ def compare_runs(
                 "report": rep["path"], "settings": rep.get("settings"),
             }
             chosen.setdefault(name, {})[entry_label] = rep
+            warnings += _report_state(rep, Path(run_dir), entry_label)
     for name, entry in attacks.items():
         entry["eps"] = sorted({e for r in entry["runs"].values() for e in r["eps"]})
         warnings += _differences(name, entry)
@@ -180,6 +182,25 @@ def compare_runs(
             result["plots"][name] = png
     atomic_write_json(out_dir / "compare.json", result)
     return result
+
+
+def _report_state(rep: dict[str, Any], run_dir: Path, label: str) -> list[str]:
+    """Warnings about one report: cells an interrupted sweep left empty, and weights that
+    have changed since it was computed (the run was resumed or retrained)."""
+    out = []
+    if rep.get("complete") is False:
+        out.append(f"{rep['attack']} {label}: {rep['path']} is incomplete (an interrupted "
+                   f"sweep); run the same attack command again to fill its empty cells")
+    used = rep.get("weights") or {}
+    path = run_dir / str(used.get("file", ""))
+    if used.get("sha256") and path.is_file():
+        from ..runs import file_digest
+
+        if file_digest(path) != used["sha256"]:
+            out.append(f"{rep['attack']} {label}: {rep['path']} was computed from other weights "
+                       f"than {path} holds now (epoch {used.get('epoch')} then); re-run the "
+                       f"attack with --overwrite")
+    return out
 
 
 def _differences(name: str, entry: dict[str, Any]) -> list[str]:

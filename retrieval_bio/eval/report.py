@@ -12,6 +12,17 @@ from .metrics import map_at_k, pr_curve, precision_at_k, precision_within_radius
 CODES = "codes.npz"
 
 
+#: what ``evaluate`` adds to metrics.json beside the training's own numbers
+EVALUATION_KEYS = ("map@k_expected_ties", "precision@k", "recall@k", "pr_curve", "num_queries",
+                   "num_database", "bits", "evaluated_weights")
+
+
+def is_evaluation_key(key: str) -> bool:
+    """Whether ``key`` of metrics.json was written by an evaluation (and goes stale when the
+    weights or the cut-off change)."""
+    return key in EVALUATION_KEYS or key.startswith("precision@h<=")
+
+
 CODE_ARRAYS = ("query_codes", "query_labels", "query_ids", "db_codes", "db_labels", "db_ids")
 
 

@@ -21,10 +21,11 @@ import torch
 import torch.nn as nn
 
 from .. import datasets, rules
-from ..config import RunConfig
+from ..config import ConfigError, RunConfig
 from ..datasets import DatasetError, DatasetSplits
 from ..eval import map_at_k
 from ..eval.encode import accuracy, encode
+from ..eval.report import is_evaluation_key
 from ..index import HammingIndex, sign_codes
 from ..losses import LOSSES
 from ..models import TaskModel, create_model
@@ -80,11 +81,15 @@ def skipped_items(splits: DatasetSplits) -> int:
     return int(splits.info.get("skipped", 0) or 0)
 
 
-def build_model(cfg: RunConfig, splits: DatasetSplits) -> TaskModel:
-    """Backbone + new head, ``--init`` weights loaded, layers converted to ``cfg.rule``."""
+def build_model(cfg: RunConfig, splits: DatasetSplits, *, load_weights: bool = True
+                ) -> TaskModel:
+    """Backbone + new head, ``--init`` weights loaded, layers converted to ``cfg.rule``.
+
+    ``load_weights=False`` skips ``weights``/``init`` (a resumed run takes every weight from
+    its checkpoint, so the pretrain folder it started from may have moved)."""
     model = create_model(cfg.backbone, cfg.task, num_classes=splits.num_classes, bits=cfg.bits,
-                         weights=cfg.weights)
-    if cfg.init:
+                         weights=cfg.weights if load_weights else None)
+    if cfg.init and load_weights:
         load_init(model, cfg.init)
     return rules.convert(model, cfg.rule, scale=cfg.scale, seed=cfg.seed)
 
@@ -122,7 +127,10 @@ def build_objective(cfg: RunConfig, splits: DatasetSplits) -> nn.Module:
     kwargs: dict[str, Any] = {"num_classes": splits.num_classes, "bits": cfg.bits}
     if name == "hyp2":
         kwargs.update(proxy_lr_mult=cfg.proxy_lr_mult, seed=cfg.seed)
-    return LOSSES.get(name)(**kwargs)
+    try:
+        return LOSSES.get(name)(**kwargs)
+    except ValueError as e:  # e.g. no HyP² threshold for this (classes, bits) pair
+        raise ConfigError(f"--bits {cfg.bits} with {splits.num_classes} classes: {e}") from e
 
 
 def param_groups(cfg: RunConfig, model: TaskModel, objective: nn.Module) -> list[dict]:
@@ -181,13 +189,15 @@ def train_run(
             f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
             f"--out"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / CONFIG)
+    # Everything that can fail on a bad option (device, data, backbone, weights) runs before
+    # the folder is written, so a failed start leaves no half-made run behind.
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     splits = load_splits(cfg)
-    model = build_model(cfg, splits)
+    model = build_model(cfg, splits, load_weights=not resume)
     objective = build_objective(cfg, splits)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / CONFIG)
     eval_splits = load_splits(cfg, augment=False) if cfg.augment else splits
     validate, select = make_validate(cfg, eval_splits, device)
     epoch_hooks = []
@@ -234,7 +244,8 @@ def train_run(
             f"{run_dir / BEST} holds the selected epoch ({state.best_epoch}). Finish the "
             f"evaluation with the bad items skipped: retrieval-bio evaluate {run_dir} "
             f"--encode --skip-bad") from e
-    metrics = update_metrics(run_dir, **metrics)
+    # an earlier `evaluate` described other weights (a resumed run may select another epoch)
+    metrics = update_metrics(run_dir, drop=is_evaluation_key, **metrics)
     return RunResult(run_dir, cfg, model, splits, metrics)
 
 
@@ -340,7 +351,7 @@ def open_run(
     cfg_path = run_dir / CONFIG
     if not cfg_path.is_file():
         raise RunFolderError(f"{run_dir} is not a run folder: {cfg_path} does not exist")
-    cfg = RunConfig.load(cfg_path)
+    cfg = RunConfig.load_run(cfg_path)
     path = run_weights(run_dir, weights)
     ckpt = load_checkpoint(path)
     state = ckpt.get("model", ckpt)

@@ -86,6 +86,8 @@ def test_interrupted_sweep_keeps_cells_and_continues_to_the_same_result(run, tmp
     assert partial["complete"] is False
     assert partial["map"]["exact"][:2] == whole["map"]["exact"][:2]
     assert partial["map"]["exact"][2] is None and partial["map"]["model"] == [None] * 3
+    warned = compare_runs([run], tmp_path / "cmp", plot=False)["warnings"]
+    assert any("is incomplete" in w for w in warned)
     counter = StopAt(10**9, "hag")
     done = attack_run(run, "hag", eps, steps=2, progress=counter, **KW)
     assert counter.seen == 4  # only the 4 missing cells were attacked
@@ -103,8 +105,11 @@ def test_reports_record_weights_and_refuse_stale_ones(run):
     (run / "best.pt").write_bytes((run / "checkpoint.pt").read_bytes())  # other weights now
     with pytest.raises(ConfigError, match="other weights.*--overwrite"):
         attack_run(run, "hag", [0.05, 0.1], steps=2, **KW)
+    stale = compare_runs([run], run / "cmp", plot=False)["warnings"]
+    assert any("computed from other weights" in w for w in stale)
     fresh = attack_run(run, "hag", [0.05], steps=2, overwrite=True, **KW)
     assert fresh["weights"]["sha256"] != rep["weights"]["sha256"]
+    assert not compare_runs([run], run / "cmp", plot=False)["warnings"]
 
 
 def test_missing_best_is_an_error_that_points_to_last(run):

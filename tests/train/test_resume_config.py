@@ -98,3 +98,47 @@ def test_devices_and_index_kinds():
     assert RunConfig(index="multihash").index == "multihash"
     with pytest.raises(ConfigError, match="index='lsh'"):
         RunConfig(index="lsh")
+
+
+def test_a_config_file_of_another_stage_is_refused(tmp_path):
+    fine = tmp_path / "fine.yaml"
+    RunConfig.from_dict({**BASE, "stage": "finetune", "rule": "frsf"}).save(fine)
+    with pytest.raises(ConfigError, match="is a finetune config"):
+        build_config("pretrain", fine)
+    pre = tmp_path / "pre.yaml"
+    RunConfig.from_dict(BASE).save(pre)
+    with pytest.raises(ConfigError, match="is a pretrain config"):
+        build_config("finetune", pre)
+    partial = tmp_path / "partial.yaml"  # a hand-written file without a stage is fine
+    partial.write_text("rule: frsf\nepochs: 3\n")
+    assert build_config("finetune", partial).stage == "finetune"
+    with pytest.raises(ConfigError, match="pre-training is backpropagation"):
+        build_config("pretrain", partial)
+
+
+def test_a_truncated_run_config_is_refused_not_filled_with_defaults(tmp_path, tiny_run):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run("hash", "frsf"), run)
+    text = (run / "config.yaml").read_text()
+    for damaged in ("", text[:60]):
+        (run / "config.yaml").write_text(damaged)
+        r = runner.invoke(app, ["report", str(run)])
+        assert r.exit_code == 2 and "truncated" in r.output, r.output
+        r = runner.invoke(app, ["attack", "hag", str(run), "--eps", "0.1"])
+        assert r.exit_code == 2 and "truncated" in r.output, r.output
+
+
+def test_resume_needs_neither_the_init_folder_nor_fewer_epochs(tmp_path, one_thread):
+    pre = tmp_path / "pre"
+    train_run(RunConfig.from_dict({**BASE, "epochs": 1, "out": str(pre)}))
+    fine = tmp_path / "fine"
+    with pytest.raises(KeyboardInterrupt):
+        train_run(RunConfig.from_dict({**BASE, "stage": "finetune", "rule": "frsf",
+                                       "epochs": 3, "init": str(pre), "out": str(fine)}),
+                  step_hooks=[CtrlCAt(35)])  # in epoch 3, two done
+    shutil.move(pre, tmp_path / "pre-moved")  # the pretrain run is gone from its old place
+    r = runner.invoke(app, ["finetune", "--resume", "--out", str(fine), "--epochs", "1"])
+    assert r.exit_code == 2 and "fewer than the 2 epochs" in r.output
+    r = runner.invoke(app, ["finetune", "--resume", "--out", str(fine)])
+    assert r.exit_code == 0, r.output
+    assert len(read_json(fine / "metrics.json")["history"]) == 3
