@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import shlex
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -255,7 +256,7 @@ def _train(stage: str, **given: Any) -> None:
     out = given.get("out")
 
     def interrupted() -> str:
-        where = out or RunConfig().out
+        where = shlex.quote(out or RunConfig().out)
         return (f"the checkpoint is kept; continue with: retrieval-bio {stage} --resume "
                 f"--out {where}")
 

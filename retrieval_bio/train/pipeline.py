@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,11 +224,11 @@ def train_run(
             kept = (f"progress up to epoch {trainer.state.epoch + 1}, step {trainer.state.step} "
                     f"is saved in {ckpt}" if trainer.saved_on_error else
                     f"the last checkpoint is {ckpt}")
-            todo = f"retrieval-bio {cfg.stage} --resume --skip-bad --out {run_dir}"
+            todo = f"retrieval-bio {cfg.stage} --resume --skip-bad --out {_q(run_dir)}"
         else:
             kept = "no checkpoint was written yet"
-            todo = (f"retrieval-bio {cfg.stage} --config {run_dir / CONFIG} --skip-bad "
-                    f"--out {run_dir}")
+            todo = (f"retrieval-bio {cfg.stage} --config {_q(run_dir / CONFIG)} --skip-bad "
+                    f"--out {_q(run_dir)}")
         raise DatasetError(f"{e}\nTraining stopped on bad data; {kept}. Continue without the "
                            f"bad items: {todo}") from e
     metrics = {"stage": cfg.stage, "task": cfg.task, "rule": cfg.rule,
@@ -242,11 +243,16 @@ def train_run(
         raise DatasetError(
             f"{e}\nThe test evaluation stopped on this item, but the trained run is kept: "
             f"{run_dir / BEST} holds the selected epoch ({state.best_epoch}). Finish the "
-            f"evaluation with the bad items skipped: retrieval-bio evaluate {run_dir} "
+            f"evaluation with the bad items skipped: retrieval-bio evaluate {_q(run_dir)} "
             f"--encode --skip-bad") from e
     # an earlier `evaluate` described other weights (a resumed run may select another epoch)
     metrics = update_metrics(run_dir, drop=is_evaluation_key, **metrics)
     return RunResult(run_dir, cfg, model, splits, metrics)
+
+
+def _q(path: Path | str) -> str:
+    """``path`` quoted for a shell, so a suggested command can be pasted as it is."""
+    return shlex.quote(str(path))
 
 
 def _curve_hook(cfg: RunConfig, run_dir: Path, select: str):
