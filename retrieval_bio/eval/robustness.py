@@ -6,9 +6,9 @@ Two levels:
 
 * :func:`sweep_hash` / :func:`sweep_classify` take a model and datasets (no run folder);
 * :func:`retrieval_bio.workflows.attack_run` loads a run folder, sweeps, and writes
-  ``attack-<name>.json`` and ``attack-<name>.png`` into it.
+  ``attack-<name>-<key>.json`` and its ``.png`` into it (``key``: :func:`settings_key`).
 
-Report schema (``attack-<name>.json``; lists are indexed like ``eps``)::
+Report schema (``attack-<name>-<key>.json``; lists are indexed like ``eps``)::
 
     attack       "hag" | "sdha" | "fgsm" | "pgd" | "square"
     task         "hash" | "classify"
