@@ -571,7 +571,7 @@ def demo(
     device: str = DeviceChoice,
     seed: int = typer.Option(0, help="Seed of every random choice."),
 ) -> None:
-    """End to end on the bundled digits (about 20 s, on one CPU thread): BP pre-training,
+    """End to end on the bundled digits (about 15 s on 2 CPU cores): BP pre-training,
     BP and frSF hashing fine-tunes, FAISS index, mAP@k, HAG and SDHA with exact and model
     gradients, and the comparison table. Re-running reuses finished stages."""
     from .demo import DemoSettings, run_demo
