@@ -54,12 +54,11 @@ from .runs import (
     METRICS,
     RunFolderError,
     atomic_write_json,
-    load_checkpoint,
+    file_digest,
     output_dir,
     read_json,
     run_weights,
     update_metrics,
-    weights_info,
 )
 from .train import open_run, resolve_device
 from .train.pipeline import INDEX, build_index, retrieval_k, save_codes, skipped_items
@@ -299,14 +298,14 @@ def attack_run(
     json_path, png_path = report_paths(dest, attack, key)
     previous = None if overwrite else (read_json(json_path) or None)
     t0 = time.perf_counter()
-    used = weights_info(wpath, load_checkpoint(wpath))
+    digest = file_digest(wpath)  # not the checkpoint itself: loading it twice is costly
     if previous is not None:
         before = previous.get("weights") or {}
-        if before.get("sha256") not in (None, used["sha256"]):
+        if before.get("sha256") not in (None, digest):
             raise ConfigError(
                 f"{json_path} was computed from other weights ({before.get('file')}, epoch "
-                f"{before.get('epoch')}) than {wpath} holds now (epoch {used['epoch']}); pass "
-                f"--overwrite to recompute it")
+                f"{before.get('epoch')}) than {wpath} holds now; pass --overwrite to "
+                f"recompute it")
     effective = [NO_GRAD] if attack in GRADIENT_FREE else list(dict.fromkeys(grads))
     if previous is not None and not missing_cells(previous, effective, eps):
         previous["notes"] = [*previous.get("notes", []),
@@ -317,7 +316,7 @@ def attack_run(
 
     dev = resolve_device(device)
     run = open_run(run_dir, weights=str(wpath), device=dev, skip_bad=skip_bad)
-    model, splits = run.model, run.splits
+    model, splits, used = run.model, run.splits, run.weights
     queries = subsample(splits.query, max_queries, seed)
     provenance = {
         "rule": cfg.rule, "seed": int(seed), "dataset": cfg.dataset, "backbone": cfg.backbone,
