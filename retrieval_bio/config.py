@@ -141,6 +141,12 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
+        return cls.load_keys(path)[0]
+
+    @classmethod
+    def load_keys(cls, path: str | Path) -> tuple[RunConfig, list[str]]:
+        """The config in YAML file ``path`` and the keys the file itself sets (the rest
+        are defaults), from one read of the file."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
@@ -151,7 +157,7 @@ class RunConfig:
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
         try:
-            return cls.from_dict(data)
+            return cls.from_dict(data), list(data)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
 
@@ -160,9 +166,8 @@ class RunConfig:
         """The ``config.yaml`` of a run folder, which the toolkit writes with every key: a
         file lacking keys (emptied or truncated) is refused rather than filled with
         defaults that would describe another run."""
-        cfg = cls.load(path)
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        lacking = [f.name for f in fields(cls) if f.name not in data]
+        cfg, keys = cls.load_keys(path)
+        lacking = [f.name for f in fields(cls) if f.name not in keys]
         if lacking:
             raise ConfigError(
                 f"{path} lacks {', '.join(lacking[:6])}{' ...' if len(lacking) > 6 else ''}: "
@@ -199,9 +204,10 @@ def build_config(
     base = RunConfig.from_dict(stage_defaults(stage))
     explicit: set[str] = set()
     if config_file is not None:
-        file_cfg = RunConfig.load(config_file).to_dict()
-        keys = [k for k in _yaml_mapping(config_file) if k != "stage"]
-        if file_cfg["stage"] != stage and "stage" in _yaml_mapping(config_file):
+        loaded, file_keys = RunConfig.load_keys(config_file)
+        file_cfg = loaded.to_dict()
+        keys = [k for k in file_keys if k != "stage"]
+        if file_cfg["stage"] != stage and "stage" in file_keys:
             raise ConfigError(
                 f"{config_file} is a {file_cfg['stage']} config; run it with 'retrieval-bio "
                 f"{file_cfg['stage']} --config {config_file}'")
@@ -214,11 +220,6 @@ def build_config(
     cfg = base.replace(**overrides)
     inherited = _from_init(cfg.init, [k for k in INHERITED_FROM_INIT if k not in explicit])
     return cfg.replace(**inherited) if inherited else cfg
-
-
-def _yaml_mapping(path: str | Path) -> dict[str, Any]:
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    return data if isinstance(data, dict) else {}
 
 
 def _from_init(init: str | None, keys: list[str]) -> dict[str, Any]:
@@ -255,8 +256,9 @@ def resume_config(
     stored = RunConfig.load_run(path)
     given: dict[str, Any] = {}
     if config_file is not None:
-        file_cfg = RunConfig.load(config_file).to_dict()
-        given.update({k: file_cfg[k] for k in _yaml_mapping(config_file)})
+        loaded, file_keys = RunConfig.load_keys(config_file)
+        file_cfg = loaded.to_dict()
+        given.update({k: file_cfg[k] for k in file_keys})
     given.update({k: v for k, v in overrides.items() if v is not None})
     given.pop("out", None)
     if stored.stage != stage:

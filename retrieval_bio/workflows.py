@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .config import ConfigError, RunConfig
@@ -50,9 +49,7 @@ from .eval.robustness import (
 from .progress import Progress
 from .runs import (
     BEST,
-    CONFIG,
     METRICS,
-    RunFolderError,
     atomic_write_json,
     file_digest,
     output_dir,
@@ -61,16 +58,10 @@ from .runs import (
     update_metrics,
 )
 from .train import open_run, resolve_device
-from .train.pipeline import INDEX, build_index, retrieval_k, save_codes, skipped_items
+from .train.pipeline import encode_codes as encode_run_codes
+from .train.pipeline import load_run_config, retrieval_k, skipped_items
 
 log = logging.getLogger(__name__)
-
-
-def _load_config(run_dir: Path) -> RunConfig:
-    path = run_dir / CONFIG
-    if not path.is_file():
-        raise RunFolderError(f"{run_dir} is not a run folder: {path} does not exist")
-    return RunConfig.load_run(path)
 
 
 def evaluate_run(
@@ -104,7 +95,7 @@ def evaluate_run(
         RunFolderError: missing or damaged run files (named, with the fix).
     """
     run_dir = Path(run_dir)
-    cfg = _load_config(run_dir)
+    cfg = load_run_config(run_dir)
     metrics = read_json(run_dir / METRICS)  # a damaged file is an error before any work
     notes: list[str] = []
     dest = output_dir(run_dir, out_dir, notes)
@@ -119,7 +110,8 @@ def evaluate_run(
                 run.config = run.config.replace(index=index)
             # the run's codes.npz and database.index are the selected epoch's: codes of
             # other weights are scored in memory and never replace them
-            codes = _encode_codes(run, None if other_weights else dest, progress)
+            codes = encode_run_codes(run.config, run.model, run.splits, dev,
+                                     None if other_weights else dest, progress)
             k = retrieval_k(run.config, run.splits) if k is None else k
             used = run.weights
             extra = {"skipped_items": skipped_items(run.splits)}
@@ -162,29 +154,6 @@ def evaluate_run(
         report["written_to"] = None
     report["notes"] = notes
     return report
-
-
-def _encode_codes(
-    run: Any, dest: Path | None, progress: Progress | None
-) -> dict[str, np.ndarray]:
-    """Encode query and database with the opened run's model; write ``codes.npz`` and
-    ``database.index`` into ``dest`` (``None``: write nothing). Returns the codes as
-    :func:`load_codes` would."""
-    from .index import sign_codes
-
-    cfg, model, splits = run.config, run.model, run.splits
-    dev = next(model.parameters()).device
-    bs = max(cfg.batch_size, 128)
-    q, ql, qi = encode(model, splits.query, batch_size=bs, device=dev, progress=progress,
-                       description="encoding queries")
-    d, dl, di = encode(model, splits.database, batch_size=bs, device=dev, progress=progress,
-                       description="encoding database")
-    q_codes, d_codes = sign_codes(q), sign_codes(d)
-    if dest is not None:
-        save_codes(dest / CODES, q_codes, ql, qi, d_codes, dl, di)
-        build_index(cfg, d_codes).save(dest / INDEX)
-    return {"query_codes": q_codes, "query_labels": ql.astype(np.uint8), "query_ids": qi,
-            "db_codes": d_codes, "db_labels": dl.astype(np.uint8), "db_ids": di}
 
 
 def _plot_pr(path: Path, curve: dict[str, list[float]], cfg: RunConfig) -> None:
@@ -281,7 +250,7 @@ def attack_run(
     eps = check_attack_options(attack, eps, grads=grads, steps=steps, preset=preset,
                                max_queries=max_queries, batch_size=batch_size, seed=seed)
     task = attack_task(attack)
-    cfg = _load_config(run_dir)
+    cfg = load_run_config(run_dir)
     if cfg.task != task:
         raise ConfigError(
             f"{attack!r} attacks {task} models but {run_dir} is a {cfg.task} run; use "
@@ -298,10 +267,9 @@ def attack_run(
     json_path, png_path = report_paths(dest, attack, key)
     previous = None if overwrite else (read_json(json_path) or None)
     t0 = time.perf_counter()
-    digest = file_digest(wpath)  # not the checkpoint itself: loading it twice is costly
-    if previous is not None:
+    if previous is not None:  # digest the file (open_run digests it again when it loads it)
         before = previous.get("weights") or {}
-        if before.get("sha256") not in (None, digest):
+        if before.get("sha256") not in (None, file_digest(wpath)):
             raise ConfigError(
                 f"{json_path} was computed from other weights ({before.get('file')}, epoch "
                 f"{before.get('epoch')}) than {wpath} holds now; pass --overwrite to "

@@ -277,15 +277,30 @@ def evaluate_test(
         logits, labels, _ = encode(model, splits.query, batch_size=bs, device=device,
                                    progress=progress, description="test")
         return {"test_accuracy": accuracy(logits, labels)}
+    codes = encode_codes(cfg, model, splits, device, run_dir, progress)
+    k = retrieval_k(cfg, splits)
+    return {"map@k": float(map_at_k(codes["query_codes"], codes["db_codes"],
+                                    codes["query_labels"], codes["db_labels"], k)), "k": k}
+
+
+def encode_codes(
+    cfg: RunConfig, model: TaskModel, splits: DatasetSplits, device: torch.device,
+    dest: Path | None, progress: Progress | None = None,
+) -> dict[str, np.ndarray]:
+    """int8 ±1 codes, uint8 multi-hot labels and ids of the query and database splits
+    (the arrays of ``codes.npz``); with ``dest``, also written there as ``codes.npz`` and
+    the database indexed in ``database.index`` (kind ``cfg.index``)."""
+    bs = max(cfg.batch_size, 128)
     q, ql, qi = encode(model, splits.query, batch_size=bs, device=device, progress=progress,
                        description="encoding queries")
     d, dl, di = encode(model, splits.database, batch_size=bs, device=device,
                        progress=progress, description="encoding database")
     q_codes, d_codes = sign_codes(q), sign_codes(d)
-    save_codes(run_dir / "codes.npz", q_codes, ql, qi, d_codes, dl, di)
-    build_index(cfg, d_codes).save(run_dir / INDEX)
-    k = retrieval_k(cfg, splits)
-    return {"map@k": float(map_at_k(q_codes, d_codes, ql, dl, k)), "k": k}
+    if dest is not None:
+        save_codes(dest / "codes.npz", q_codes, ql, qi, d_codes, dl, di)
+        build_index(cfg, d_codes).save(dest / INDEX)
+    return {"query_codes": q_codes, "query_labels": ql.astype(np.uint8), "query_ids": qi,
+            "db_codes": d_codes, "db_labels": dl.astype(np.uint8), "db_ids": di}
 
 
 def build_index(cfg: RunConfig, db_codes: np.ndarray) -> HammingIndex:
@@ -326,6 +341,18 @@ def _diagnostics_hook(splits: DatasetSplits, objective: nn.Module, device: torch
     return hook
 
 
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The complete ``config.yaml`` of a run folder (see :meth:`RunConfig.load_run`).
+
+    Raises:
+        RunFolderError: ``run_dir`` holds no ``config.yaml``.
+    """
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise RunFolderError(f"{run_dir} is not a run folder: {path} does not exist")
+    return RunConfig.load_run(path)
+
+
 @dataclass
 class LoadedRun:
     """A finished run folder opened for evaluation or attack (:func:`open_run`)."""
@@ -354,10 +381,7 @@ def open_run(
         RunFolderError: no ``config.yaml``, or the weights file is missing or damaged.
     """
     run_dir = Path(run_dir)
-    cfg_path = run_dir / CONFIG
-    if not cfg_path.is_file():
-        raise RunFolderError(f"{run_dir} is not a run folder: {cfg_path} does not exist")
-    cfg = RunConfig.load_run(cfg_path)
+    cfg = load_run_config(run_dir)
     path = run_weights(run_dir, weights)
     ckpt = load_checkpoint(path)
     state = ckpt.get("model", ckpt)
@@ -368,7 +392,7 @@ def open_run(
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise RunFolderError(f"{path} does not fit the model of {cfg_path} "
+        raise RunFolderError(f"{path} does not fit the model of {run_dir / CONFIG} "
                              f"({cfg.backbone}, {cfg.task}): {e}") from e
     return LoadedRun(cfg, model.to(device).eval(), splits, weights_info(path, ckpt))
 
