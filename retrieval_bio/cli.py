@@ -499,8 +499,8 @@ def attack_cmd(
     elif queries_per_image is not None:
         _fail(f"--queries-per-image is Square's budget; {name} takes --steps")
     eps_list = _float_list(eps, "--eps")
-    kept = (f"the finished (source, ε) cells are kept in {report_dir or run}/attack-{name}-"
-            f"*.json; run the same command again to continue")
+    kept = (f"every (source, ε) cell finished before the interrupt is kept in "
+            f"{report_dir or run}/attack-{name}-*.json; run the same command again to continue")
     with _guard(kept):
         report = attack_run(run, name, eps_list, grads=grads, steps=steps, preset=preset,
                             max_queries=num_images, batch_size=batch_size, device=device,
