@@ -25,8 +25,11 @@ class ConfigError(ValueError):
     """A configuration key or value is invalid; the message names it and the fix."""
 
 
-STAGES = ("pretrain", "finetune")
+STAGES = ("pretrain", "finetune", "train")
 TASKS = ("classify", "hash")
+SELECTS = ("natural", "adversarial")
+#: the validation / training attack of a run: none or an attack that makes training examples
+ADV_ATTACKS = ("none", "fgsm", "pgd", "hag")
 SCALES = ("norm", "none", "init")
 DEVICES = ("auto", "cpu", "cuda", "mps")  # and "cuda:N" for the N-th GPU
 #: Keys a resumed run may change: they alter neither the math nor the data order of the
@@ -36,9 +39,11 @@ RESUME_SAFE = ("epochs", "skip_bad", "num_workers", "device", "out")
 
 @dataclass
 class RunConfig:
-    """Every choice of one run (pretrain or finetune; classification or hashing).
+    """Every choice of one run (pretrain, finetune or train; classification or hashing).
 
-    Units: learning rates per step, ``image_size`` in px, ``bits`` = code length K.
+    Units: learning rates per step, ``image_size`` in px, ``bits`` = code length K, ε in
+    [0, 1] pixels (L∞). ``rule`` is a layer rule (bp, fa, usf, frsf, brsf) or a learner
+    (pepita); see :mod:`retrieval_bio.learners`.
     """
 
     stage: str = "finetune"
@@ -48,6 +53,9 @@ class RunConfig:
     init: str | None = None  # run folder or checkpoint to start fine-tuning from
     rule: str = "bp"
     scale: str = "norm"
+    learner_options: dict[str, Any] = field(default_factory=dict)  # e.g. pepita output_error
+    model_options: dict[str, Any] = field(default_factory=dict)  # e.g. mlp hidden, grey
+    loss: str = "auto"  # auto: hyp2 (hash) / cross-entropy (classify); or mse-softmax
     dataset: str = "digits"
     root: str | None = None
     protocol: str | None = None
@@ -59,7 +67,23 @@ class RunConfig:
     lr_head: float = 1e-4
     proxy_lr_mult: float = 10.0
     weight_decay: float = 5e-4
-    betas: tuple[float, float] = (0.9, 0.999)
+    optimizer: str = "adam"
+    betas: tuple[float, float] = (0.9, 0.999)  # adam
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
+    schedule: str = "none"  # none | multistep | cosine | linear (per epoch)
+    milestones: list[int] = field(default_factory=list)  # multistep: epochs (from 0)
+    gamma: float = 0.1  # multistep factor
+    t_max: int | None = None  # cosine / linear length in epochs (None: epochs)
+    lr_min: float = 0.0  # cosine floor / linear end (absolute)
+    adv_train: str = "none"  # none | fgsm | pgd (classify) | hag (hash)
+    val_attack: str = "none"  # attack of validation (val_adv_accuracy / val_adv_map)
+    adv_eps: float = 0.3
+    adv_steps: int = 40
+    adv_alpha: float | None = None  # PGD step (None: adv_eps / 3)
+    adv_random_start: bool = True
+    adv_mix: str = "both"  # both: [x; x_adv] | adversarial: x_adv only
+    select: str = "natural"  # the validation metric picking the epoch kept
     epochs: int = 20
     batch_size: int = 32
     num_workers: int = 0
@@ -88,10 +112,41 @@ class RunConfig:
         if not re.fullmatch(r"cuda:\d+", self.device):
             _choice("device", self.device, DEVICES + ("cuda:N",))
         from .index import INDEX_KINDS  # late: keep `import config` light
-        from .rules import RULES
+        from .learners import MIXES, rule_names
+        from .losses import LOSSES
+        from .train.optim import OPTIMIZERS, SCHEDULES
 
-        _choice("rule", self.rule, tuple(RULES))
+        _choice("rule", self.rule, rule_names())
         _choice("index", self.index, tuple(INDEX_KINDS))
+        _choice("loss", self.loss, ("auto", *LOSSES.names()))
+        _choice("optimizer", self.optimizer, tuple(OPTIMIZERS.names()))
+        _choice("schedule", self.schedule, tuple(SCHEDULES.names()))
+        _choice("adv_train", self.adv_train, ADV_ATTACKS)
+        _choice("val_attack", self.val_attack, ADV_ATTACKS)
+        _choice("adv_mix", self.adv_mix, MIXES)
+        _choice("select", self.select, SELECTS)
+        if self.select == "adversarial" and self.val_attack == "none":
+            raise ConfigError("select: adversarial needs a val_attack (fgsm | pgd | hag) to "
+                              "score validation under attack; set --val-attack")
+        if not 0 < self.adv_eps <= 1:
+            raise ConfigError(f"adv_eps must lie in (0, 1] (L∞ in [0, 1] pixels), got "
+                              f"{self.adv_eps}")
+        if self.adv_steps < 1:
+            raise ConfigError(f"adv_steps must be >= 1, got {self.adv_steps}")
+        if self.adv_alpha is not None and self.adv_alpha <= 0:
+            raise ConfigError(f"adv_alpha must be > 0, got {self.adv_alpha}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must lie in [0, 1), got {self.momentum}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ConfigError("nesterov: true needs optimizer: sgd with momentum > 0")
+        if self.t_max is not None and self.t_max < 1:
+            raise ConfigError(f"t_max must be >= 1 epoch, got {self.t_max}")
+        if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(
+                set(self.milestones)):
+            raise ConfigError(f"milestones must be increasing epochs >= 1, got "
+                              f"{self.milestones}")
+        if self.schedule == "multistep" and not self.milestones:
+            raise ConfigError("schedule: multistep needs milestones, e.g. --milestones 60,90")
         for f in fields(self):
             value = getattr(self, f.name)
             values = value if isinstance(value, tuple) else (value,)
@@ -101,7 +156,7 @@ class RunConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("lr_backbone", "lr_head", "proxy_lr_mult", "weight_decay",
-                     "divergence_factor"):
+                     "divergence_factor", "lr_min"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.task == "hash" and self.bits % 8:
@@ -119,6 +174,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["betas"] = list(self.betas)
+        d["milestones"] = list(self.milestones)
         return d
 
     def save(self, path: str | Path) -> None:
@@ -182,8 +238,8 @@ class RunConfig:
 
 def stage_defaults(stage: str) -> dict[str, Any]:
     """Defaults that differ by stage: BP pre-training from scratch needs larger rates."""
-    if stage == "pretrain":
-        return {"stage": "pretrain", "rule": "bp", "lr_backbone": 1e-3, "lr_head": 1e-3,
+    if stage in ("pretrain", "train"):  # from scratch: larger rates
+        return {"stage": stage, "rule": "bp", "lr_backbone": 1e-3, "lr_head": 1e-3,
                 "weight_decay": 5e-4, "epochs": 10}
     return {"stage": stage}
 
@@ -314,6 +370,10 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{name} must be a list of {len(args)} numbers, got {value!r}")
         return tuple(_coerce(name, v, a) for v, a in zip(value, args, strict=True))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        return [_coerce(name, v, args[0]) for v in value]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{name} must be a mapping, got {value!r}")

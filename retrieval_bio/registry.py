@@ -21,9 +21,11 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
         self._help: dict[str, str] = {}
+        self._meta: dict[str, dict[str, object]] = {}
 
-    def register(self, name: str, help: str = "") -> Callable[[T], T]:
-        """Decorator: ``@REGISTRY.register("name")``."""
+    def register(self, name: str, help: str = "", **meta: object) -> Callable[[T], T]:
+        """Decorator: ``@REGISTRY.register("name", help, **meta)``; ``meta`` holds facts
+        callers read instead of branching on names (e.g. ``task="classify"``)."""
 
         def deco(obj: T) -> T:
             if name in self._items:
@@ -31,6 +33,7 @@ class Registry(Generic[T]):
             self._items[name] = obj
             doc = help or (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
             self._help[name] = doc
+            self._meta[name] = dict(meta)
             return obj
 
         return deco
@@ -45,6 +48,11 @@ class Registry(Generic[T]):
     def names(self, pattern: str = "*") -> list[str]:
         """Registered names matching a shell-style ``pattern`` (like ``timm.list_models``)."""
         return sorted(n for n in self._items if fnmatch.fnmatch(n, pattern))
+
+    def meta(self, name: str) -> dict[str, object]:
+        """The metadata ``name`` was registered with (a copy; unknown name: KeyError)."""
+        self.get(name)
+        return dict(self._meta.get(name, {}))
 
     def help(self, name: str) -> str:
         return self._help.get(name, "")
@@ -64,9 +72,12 @@ def registries() -> dict[str, Registry]:
     from .attacks import ATTACKS
     from .datasets import DATASETS
     from .index import INDEX_KINDS
+    from .learners import LEARNERS
     from .losses import LOSSES
     from .models import BACKBONES
     from .rules import RULE_REGISTRY
+    from .train.optim import OPTIMIZERS, SCHEDULES
 
     return {"backbones": BACKBONES, "rules": RULE_REGISTRY, "datasets": DATASETS,
-            "losses": LOSSES, "attacks": ATTACKS, "indexes": INDEX_KINDS}
+            "learners": LEARNERS, "losses": LOSSES, "attacks": ATTACKS, "indexes": INDEX_KINDS,
+            "optimizers": OPTIMIZERS, "schedules": SCHEDULES}

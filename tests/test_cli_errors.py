@@ -43,7 +43,9 @@ def test_every_config_key_has_a_flag_and_version():
     for f in dataclasses.fields(RunConfig):
         if f.name == "stage":
             continue  # the command is the stage
-        flag = "--data-opt" if f.name == "dataset_options" else "--" + f.name.replace("_", "-")
+        special = {"dataset_options": "--data-opt", "learner_options": "--learner-opt",
+                   "model_options": "--model-opt"}
+        flag = special.get(f.name, "--" + f.name.replace("_", "-"))
         assert flag in flags, f.name
     for pair in ("--augment", "--no-augment", "--amp", "--no-amp", "--resume", "--no-resume",
                  "--skip-bad", "--no-skip-bad"):

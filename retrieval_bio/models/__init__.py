@@ -11,17 +11,20 @@ import os
 from .backbones import (
     BACKBONES,
     Backbone,
+    BackboneOptionError,
     Normalize,
     WeightsNotFoundError,
     backbone_names,
+    backbone_options,
     create_backbone,
 )
 from .heads import TASKS, TaskModel, binarize
+from .mlp import MLP, SharedDropout, shared_masks
 
 
 def create_model(
     backbone: str, task: str = "classify", *, num_classes: int = 10, bits: int = 32,
-    weights: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None, **options: object,
 ) -> TaskModel:
     """Backbone ``backbone`` plus a new ``task`` head.
 
@@ -29,12 +32,16 @@ def create_model(
         backbone: see :func:`create_backbone`.
         task: ``"classify"`` (``num_classes`` logits) or ``"hash"`` (``bits`` outputs).
         weights: backbone weights, see :func:`create_backbone`.
+        options: backbone options (``image_size``, and e.g. ``mlp``'s ``hidden``), see
+            :func:`create_backbone`.
     """
     out = num_classes if task == "classify" else bits
-    return TaskModel(create_backbone(backbone, weights), task, out)
+    return TaskModel(create_backbone(backbone, weights, **options), task, out)
 
 
 __all__ = [
-    "BACKBONES", "Backbone", "Normalize", "TASKS", "TaskModel", "WeightsNotFoundError",
-    "backbone_names", "binarize", "create_backbone", "create_model",
+    "BACKBONES", "MLP", "Backbone", "BackboneOptionError", "Normalize", "SharedDropout",
+    "TASKS", "TaskModel", "WeightsNotFoundError",
+    "backbone_names", "backbone_options", "binarize", "create_backbone", "create_model",
+    "shared_masks",
 ]

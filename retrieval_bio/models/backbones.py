@@ -7,8 +7,9 @@ attacks and ε budgets live in pixel space. ``create_backbone`` returns a
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import Registry
+from .mlp import MLP, he_uniform_
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,14 +53,22 @@ class Normalize(nn.Module):
 
 
 class Backbone(nn.Module):
-    """A feature extractor: ``normalize`` then ``net``; images in [0, 1] -> ``(N, F)``."""
+    """A feature extractor: ``normalize`` then ``net``; images in [0, 1] -> ``(N, F)``.
 
-    def __init__(self, name: str, net: nn.Module, num_features: int, normalize: Normalize):
+    ``head_init`` / ``head_bias``: how a task head on this backbone is built (the MLP of
+    seed 000 wants a He-uniform head, optionally without bias); ``None`` keeps
+    ``nn.Linear``'s default init."""
+
+    def __init__(self, name: str, net: nn.Module, num_features: int, normalize: Normalize,
+                 head_init: Callable[[nn.Linear], None] | None = None,
+                 head_bias: bool = True):
         super().__init__()
         self.name = name
         self.normalize = normalize
         self.net = net
         self.num_features = num_features
+        self.head_init = head_init
+        self.head_bias = head_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x)).flatten(1)
@@ -74,6 +84,8 @@ class BackboneSpec:
     std: tuple[float, ...] = IMAGENET_STD
     min_size: int = 0
     head_keys: tuple[str, ...] = ()  # state-dict prefixes of the dropped ImageNet classifier
+    head_init: Callable[[nn.Linear], None] | None = None  # how the task head starts
+    head_bias: bool = True
 
 
 BACKBONES: Registry[Callable[[str | None], BackboneSpec]] = Registry("backbone")
@@ -145,6 +157,20 @@ def small_cnn(weights: str | None) -> BackboneSpec:
     return BackboneSpec(net, 128, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
+@BACKBONES.register("mlp")
+def mlp(weights: str | None, *, image_size: int = 28, hidden: Sequence[int] = (1024,),
+        dropout: float = 0.1, bias: bool = True, output_bias: bool = True,
+        grey: bool = False) -> BackboneSpec:
+    """Fully connected net of seed 000 (PEPITA): flatten, 1x1024 ReLU, dropout 0.1, He init."""
+    if weights == "imagenet":
+        raise WeightsNotFoundError("mlp has no ImageNet weights; train it instead")
+    channels = 1 if grey else 3
+    net = MLP(channels * image_size * image_size, hidden, dropout=dropout, bias=bias, grey=grey)
+    # no mean/std normalisation: PEPITA's input is the raw [0, 1] image (seed 000 §3.1)
+    return BackboneSpec(net, net.linears[-1].out_features, mean=(0.0,) * 3, std=(1.0,) * 3,
+                        head_init=he_uniform_, head_bias=output_bias)
+
+
 def _timm_spec(model_name: str, weights: str | None) -> BackboneSpec:
     import timm
 
@@ -192,7 +218,20 @@ def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def create_backbone(name: str, weights: str | os.PathLike | None = None) -> Backbone:
+class BackboneOptionError(ValueError):
+    """An option the backbone does not take (or a bad value of one); the message names it."""
+
+
+def backbone_options(name: str) -> list[str]:
+    """The options ``create_backbone(name, **options)`` takes (``image_size`` included)."""
+    if name.startswith("timm:"):
+        return []
+    params = inspect.signature(BACKBONES.get(name)).parameters
+    return [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY]
+
+
+def create_backbone(name: str, weights: str | os.PathLike | None = None,
+                    **options: object) -> Backbone:
     """Build backbone ``name`` (``BACKBONES.names()`` or ``"timm:<model>"``).
 
     Args:
@@ -201,13 +240,26 @@ def create_backbone(name: str, weights: str | os.PathLike | None = None) -> Back
             never downloaded) or a path to a state dict: a torchvision/timm state dict of the
             whole architecture (its ImageNet classifier is ignored) or a retrieval-bio
             checkpoint.
+        options: architecture options of backbones that take them (``mlp``: ``hidden``,
+            ``dropout``, ``bias``, ``output_bias``, ``grey``); ``image_size`` is passed to
+            those that need it and ignored by the others.
 
     Returns:
         A :class:`Backbone` mapping ``(N, 3, H, W)`` images in [0, 1] to ``(N, F)``.
 
     Raises:
         WeightsNotFoundError: ``weights`` names a file (or cache entry) that is not there.
+        BackboneOptionError: an option this backbone does not take.
     """
+    known = backbone_options(name)
+    image_size = options.pop("image_size", None)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise BackboneOptionError(
+            f"backbone {name!r} has no option {', '.join(map(repr, unknown))}; it takes "
+            f"{', '.join(k for k in known if k != 'image_size') or 'none'}")
+    if image_size is not None and "image_size" in known:
+        options["image_size"] = image_size
     file = None
     if weights is not None and weights != "imagenet":
         file = Path(weights)
@@ -220,7 +272,12 @@ def create_backbone(name: str, weights: str | os.PathLike | None = None) -> Back
     if name.startswith("timm:"):
         spec = _timm_spec(name[5:], None if file else weights)
     else:
-        spec = BACKBONES.get(name)(None if file else weights)
+        try:
+            spec = BACKBONES.get(name)(None if file else weights, **options)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, WeightsNotFoundError) or not options:
+                raise
+            raise BackboneOptionError(f"backbone {name!r} with {options}: {e}") from e
     if file is not None:
         state = _state_dict_from_file(file)
         state = {k: v for k, v in state.items() if not k.startswith(spec.head_keys or ("\0",))}
@@ -231,4 +288,5 @@ def create_backbone(name: str, weights: str | os.PathLike | None = None) -> Back
                 f"{missing[:5]}, unexpected keys {unexpected[:5]}"
             )
     return Backbone(name, spec.net, spec.num_features,
-                    Normalize(spec.mean, spec.std, spec.min_size))
+                    Normalize(spec.mean, spec.std, spec.min_size), head_init=spec.head_init,
+                    head_bias=spec.head_bias)

@@ -28,7 +28,9 @@ class TaskModel(nn.Module):
             raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
         self.task = task
         self.backbone = backbone
-        self.head = nn.Linear(backbone.num_features, out_features)
+        self.head = nn.Linear(backbone.num_features, out_features, bias=backbone.head_bias)
+        if backbone.head_init is not None:
+            backbone.head_init(self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .. import datasets, rules
+from .. import datasets, learners, rules
 from ..config import ConfigError, RunConfig
 from ..datasets import DatasetError, DatasetSplits
 from ..eval import map_at_k
@@ -29,7 +29,7 @@ from ..eval.encode import accuracy, encode
 from ..eval.report import is_evaluation_key
 from ..index import HammingIndex, sign_codes
 from ..losses import LOSSES
-from ..models import TaskModel, create_model
+from ..models import BackboneOptionError, TaskModel, create_model
 from ..progress import Progress
 from ..runs import (
     BEST,
@@ -44,6 +44,7 @@ from ..runs import (
     weights_info,
 )
 from .devices import resolve_device, seed_everything
+from .optim import Schedule, create_optimizer, create_schedule
 from .trainer import StepHook, Trainer, TrainerState
 
 log = logging.getLogger(__name__)
@@ -84,15 +85,28 @@ def skipped_items(splits: DatasetSplits) -> int:
 
 def build_model(cfg: RunConfig, splits: DatasetSplits, *, load_weights: bool = True
                 ) -> TaskModel:
-    """Backbone + new head, ``--init`` weights loaded, layers converted to ``cfg.rule``.
+    """Backbone + new head, ``--init`` weights loaded, made trainable under ``cfg.rule``
+    (layers converted for a layer rule; checked for a learner such as PEPITA).
 
     ``load_weights=False`` skips ``weights``/``init`` (a resumed run takes every weight from
     its checkpoint, so the pretrain folder it started from may have moved)."""
-    model = create_model(cfg.backbone, cfg.task, num_classes=splits.num_classes, bits=cfg.bits,
-                         weights=cfg.weights if load_weights else None)
+    model = task_model(cfg, splits.num_classes, weights=cfg.weights if load_weights else None)
     if cfg.init and load_weights:
         load_init(model, cfg.init)
-    return rules.convert(model, cfg.rule, scale=cfg.scale, seed=cfg.seed)
+    return learners.prepare_model(model, cfg.rule, scale=cfg.scale, seed=cfg.seed)
+
+
+def task_model(cfg: RunConfig, num_classes: int, weights: str | None = None) -> TaskModel:
+    """The run's backbone (with ``cfg.model_options``) and task head, before any rule.
+
+    Raises:
+        ConfigError: a ``model_options`` key the backbone does not take, or a bad value.
+    """
+    try:
+        return create_model(cfg.backbone, cfg.task, num_classes=num_classes, bits=cfg.bits,
+                            weights=weights, image_size=cfg.image_size, **cfg.model_options)
+    except BackboneOptionError as e:
+        raise ConfigError(f"model_options: {e}") from e
 
 
 def load_init(model: TaskModel, init: str | Path) -> None:
@@ -124,7 +138,13 @@ def _is_feedback_buffer(key: str) -> bool:
 
 
 def build_objective(cfg: RunConfig, splits: DatasetSplits) -> nn.Module:
-    name = "hyp2" if cfg.task == "hash" else "cross-entropy"
+    """The run's loss: ``cfg.loss``, or for ``auto`` HyP² (hash) / cross-entropy (classify)."""
+    name = cfg.loss
+    if name == "auto":
+        name = "hyp2" if cfg.task == "hash" else "cross-entropy"
+    if (name == "hyp2") != (cfg.task == "hash"):
+        raise ConfigError(f"loss {name!r} does not fit task {cfg.task!r}: hashing trains with "
+                          f"hyp2, classification with cross-entropy or mse-softmax")
     kwargs: dict[str, Any] = {"num_classes": splits.num_classes, "bits": cfg.bits}
     if name == "hyp2":
         kwargs.update(proxy_lr_mult=cfg.proxy_lr_mult, seed=cfg.seed)
@@ -147,22 +167,77 @@ def param_groups(cfg: RunConfig, model: TaskModel, objective: nn.Module) -> list
 def make_validate(cfg: RunConfig, splits: DatasetSplits, device: torch.device):
     """Per-epoch validation: accuracy (classify) or mAP@k of validation queries against
     the train split's codes (hash; the train split stands in for the database so that
-    validation stays cheap on large databases)."""
+    validation stays cheap on large databases).
+
+    With ``cfg.val_attack`` the validation images are also attacked (exact gradients, the
+    ``adv_*`` settings, a fixed seed) and scored: ``val_adv_accuracy`` / ``val_adv_map``;
+    ``select: adversarial`` keeps the epoch that maximises it (seed 000 Table 2)."""
     bs = max(cfg.batch_size, 128)
+    adversarial = cfg.val_attack != "none"
+
+    def attacked(model: nn.Module, dataset) -> tuple[np.ndarray, np.ndarray]:
+        from torch.utils.data import DataLoader
+
+        attack = learners.build_attack(
+            model, cfg.val_attack, eps=cfg.adv_eps, steps=cfg.adv_steps, alpha=cfg.adv_alpha,
+            random_start=cfg.adv_random_start, seed=cfg.seed)
+        outs, labels = [], []
+        for x, y, _ in DataLoader(dataset, batch_size=bs, shuffle=False):
+            adv = attack(x.to(device), y.to(device))
+            with torch.no_grad():
+                outs.append(model(adv).float().cpu())
+            labels.append(y.float())
+        return torch.cat(outs).numpy(), torch.cat(labels).numpy()
 
     def validate_classify(model: nn.Module) -> dict[str, float]:
         logits, labels, _ = encode(model, splits.validation, batch_size=bs, device=device)
-        return {"val_accuracy": accuracy(logits, labels)}
+        out = {"val_accuracy": accuracy(logits, labels)}
+        if adversarial:
+            adv_logits, adv_labels = attacked(model, splits.validation)
+            out["val_adv_accuracy"] = accuracy(adv_logits, adv_labels)
+        return out
 
     def validate_hash(model: nn.Module) -> dict[str, float]:
         q, ql, _ = encode(model, splits.validation, batch_size=bs, device=device)
         d, dl, _ = encode(model, splits.train, batch_size=bs, device=device)
         k = retrieval_k(cfg, splits)
-        return {"val_map": float(map_at_k(sign_codes(q), sign_codes(d), ql, dl, k))}
+        db = sign_codes(d)
+        out = {"val_map": float(map_at_k(sign_codes(q), db, ql, dl, k))}
+        if adversarial:
+            adv_q, adv_l = attacked(model, splits.validation)
+            out["val_adv_map"] = float(map_at_k(sign_codes(adv_q), db, adv_l, dl, k))
+        return out
 
-    if cfg.task == "hash":
-        return validate_hash, "val_map"
-    return validate_classify, "val_accuracy"
+    metric = "map" if cfg.task == "hash" else "accuracy"
+    select = f"val_adv_{metric}" if cfg.select == "adversarial" else f"val_{metric}"
+    return (validate_hash if cfg.task == "hash" else validate_classify), select
+
+
+def build_learner(cfg: RunConfig) -> learners.Learner:
+    """The run's learner: ``cfg.rule``'s, wrapped in adversarial training when
+    ``cfg.adv_train`` names an attack."""
+    adv = None
+    if cfg.adv_train != "none":
+        adv = {"attack": cfg.adv_train, "eps": cfg.adv_eps, "steps": cfg.adv_steps,
+               "alpha": cfg.adv_alpha, "random_start": cfg.adv_random_start,
+               "mix": cfg.adv_mix}
+    return learners.create_learner(cfg.rule, seed=cfg.seed, options=cfg.learner_options,
+                                   adv=adv)
+
+
+def build_optimizer(cfg: RunConfig, groups: list[dict]) -> tuple[torch.optim.Optimizer,
+                                                                   Schedule | None]:
+    """The run's optimiser over ``groups`` and its epoch schedule (``None``: constant)."""
+    try:
+        optimizer = create_optimizer(cfg.optimizer, groups, weight_decay=cfg.weight_decay,
+                                     betas=cfg.betas, momentum=cfg.momentum,
+                                     nesterov=cfg.nesterov)
+        schedule = None if cfg.schedule == "none" else create_schedule(
+            cfg.schedule, epochs=cfg.epochs, milestones=cfg.milestones, gamma=cfg.gamma,
+            t_max=cfg.t_max, lr_min=cfg.lr_min)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return optimizer, schedule
 
 
 def retrieval_k(cfg: RunConfig, splits: DatasetSplits) -> int:
@@ -197,15 +272,20 @@ def train_run(
     splits = load_splits(cfg)
     model = build_model(cfg, splits, load_weights=not resume)
     objective = build_objective(cfg, splits)
+    learner = build_learner(cfg)
+    learner.check_model(model)
+    groups = param_groups(cfg, model, objective)
+    optimizer, schedule = build_optimizer(cfg, groups)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / CONFIG)
     eval_splits = load_splits(cfg, augment=False) if cfg.augment else splits
     validate, select = make_validate(cfg, eval_splits, device)
     epoch_hooks = []
-    if cfg.rule != "bp":
+    if learners.is_layer_rule(cfg.rule) and cfg.rule != "bp":
         epoch_hooks.append(_diagnostics_hook(splits, objective, device))
     trainer = Trainer(
-        model, objective, splits.train, param_groups=param_groups(cfg, model, objective),
+        model, objective, splits.train, param_groups=groups, optimizer=optimizer,
+        schedule=schedule, learner=learner,
         epochs=cfg.epochs, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
         betas=cfg.betas, seed=cfg.seed, device=device, amp=cfg.amp,
         num_workers=cfg.num_workers, run_dir=run_dir, validate=validate, select_metric=select,
@@ -232,6 +312,8 @@ def train_run(
         raise DatasetError(f"{e}\nTraining stopped on bad data; {kept}. Continue without the "
                            f"bad items: {todo}") from e
     metrics = {"stage": cfg.stage, "task": cfg.task, "rule": cfg.rule,
+               "learner": learner.describe(), "optimizer": cfg.optimizer,
+               "schedule": schedule.describe() if schedule else {"name": "none"},
                "best_epoch": state.best_epoch, select: state.best_value,
                "skipped_items": skipped_items(splits)}
     if (run_dir / BEST).is_file():  # the test metrics below come from these weights
@@ -387,8 +469,8 @@ def open_run(
     state = ckpt.get("model", ckpt)
     splits = load_splits(cfg, augment=False, skip_bad=skip_bad) if load_data else None
     num_classes = splits.num_classes if splits is not None else state["head.weight"].shape[0]
-    model = create_model(cfg.backbone, cfg.task, num_classes=num_classes, bits=cfg.bits)
-    model = rules.convert(model, cfg.rule, scale=cfg.scale, seed=cfg.seed)
+    model = learners.prepare_model(task_model(cfg, num_classes), cfg.rule, scale=cfg.scale,
+                                   seed=cfg.seed)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

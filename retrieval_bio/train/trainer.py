@@ -28,9 +28,11 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..datasets.errors import DatasetError
+from ..learners import Autograd, Learner, StepContext
 from ..progress import Progress, ensure
 from ..runs import BEST, CHECKPOINT, atomic_torch_save, load_checkpoint, update_metrics
 from .devices import rng_state, set_rng_state
+from .optim import Schedule
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,12 @@ EpochHook = Callable[[nn.Module, int], dict[str, Any]]
 
 
 class Trainer:
-    """Adam training loop with validation, selection, atomic checkpoints and resume.
+    """Training loop with validation, selection, atomic checkpoints and resume.
+
+    The step's mathematics belongs to a :class:`~retrieval_bio.learners.Learner` (default:
+    :class:`~retrieval_bio.learners.Autograd`, ``loss.backward()``); the trainer zeroes the
+    gradients, calls ``learner.training_step``, checks the loss, steps the optimiser and runs
+    the hooks. The learner's own state (e.g. PEPITA's F) is saved with every checkpoint.
 
     Args:
         model: maps images ``(N, 3, H, W)`` in [0, 1] to task outputs.
@@ -82,10 +89,17 @@ class Trainer:
         train_set: yields ``(image, multi-hot label, index)``.
         param_groups: optimiser groups (``{"params": [...], "lr": ...}``); they must cover
             every trainable parameter of ``model`` and ``objective``.
-        epochs, batch_size, weight_decay, betas: Adam and loop settings.
+        epochs, batch_size, weight_decay, betas: loop settings, and Adam's when no
+            ``optimizer`` is given.
+        optimizer: an optimiser over ``param_groups`` (see
+            :func:`retrieval_bio.train.create_optimizer`); ``None``: Adam.
+        schedule: sets every group's rate at each epoch's start from its ``base_lr``
+            (:func:`retrieval_bio.train.create_schedule`); ``None``: constant rates.
+        learner: turns a batch into gradients; ``None``: autograd (BP and the layer rules).
         seed: seeds the per-epoch data order.
         device: a torch device (see :func:`retrieval_bio.train.resolve_device`).
-        amp: float16 autocast + gradient scaling, used on CUDA only.
+        amp: float16 autocast + gradient scaling, used on CUDA only and only for learners
+            whose gradients are loss gradients (``learner.uses_amp``).
         run_dir: folder for ``checkpoint.pt``, ``best.pt`` and ``metrics.json``
             (``None``: nothing is written).
         validate: ``validate(model) -> {metric: value}``, run each epoch (model in eval).
@@ -117,7 +131,8 @@ class Trainer:
         epoch_hooks: Sequence[EpochHook] = (), progress: Progress | None = None,
         divergence_factor: float = 100.0,
         history_hooks: Sequence[Callable[[TrainerState], None]] = (),
-        chance_level: float | None = None,
+        chance_level: float | None = None, optimizer: torch.optim.Optimizer | None = None,
+        schedule: Schedule | None = None, learner: Learner | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -136,11 +151,15 @@ class Trainer:
         self.chance_level = chance_level
         self.progress = ensure(progress)
         self._check_groups(param_groups)
-        self.optimizer = torch.optim.Adam(
+        self.optimizer = optimizer if optimizer is not None else torch.optim.Adam(
             [dict(g) for g in param_groups], betas=betas, weight_decay=weight_decay
         )
-        self.amp = amp and self.device.type == "cuda"
+        self.schedule = schedule
+        self.learner = (learner if learner is not None else Autograd()).to(self.device)
+        self.learner.prepare(self.model, self.objective)
+        self.amp = amp and self.device.type == "cuda" and self.learner.uses_amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self._ctx = StepContext(self.device, self.amp, self.scaler, seed=seed)
         self.divergence_factor = float(divergence_factor)
         self.state = TrainerState(weight_norm_start=self._weight_norm())
         self._best_state: dict[str, Any] | None = None
@@ -191,6 +210,7 @@ class Trainer:
         atomic_torch_save({
             "model": self.model.state_dict(), "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "learner": self.learner.state_dict(),
             "epoch": s.epoch, "step": s.step, "global_step": s.global_step,
             "history": s.history, "best_epoch": s.best_epoch, "best_value": s.best_value,
             "epoch_totals": [s.epoch_loss_sum, s.epoch_seen, s.epoch_time],
@@ -204,6 +224,8 @@ class Trainer:
         self.objective.load_state_dict(ckpt["objective"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
+        if "learner" in ckpt:  # checkpoints from before learners had none (autograd)
+            self.learner.load_state_dict(ckpt["learner"])
         self.state = TrainerState(
             epoch=ckpt["epoch"], step=ckpt["step"], global_step=ckpt["global_step"],
             history=list(ckpt["history"]), best_epoch=ckpt["best_epoch"],
@@ -251,6 +273,8 @@ class Trainer:
         s = self.state
         loader = self._loader(epoch, s.step)
         total = self._steps_per_epoch()
+        if self.schedule is not None:
+            self.schedule.apply(self.optimizer, epoch)
         self.progress.start(f"epoch {epoch + 1}/{self.epochs}", total)
         self.progress.advance(s.step)
         t0 = time.perf_counter() - s.epoch_time
@@ -259,39 +283,42 @@ class Trainer:
                 if interrupt.requested:
                     return None
                 loss = self._train_step(images, labels)
-                s.epoch_loss_sum += loss * images.shape[0]
+                s.epoch_loss_sum += (loss or 0.0) * images.shape[0]
                 s.epoch_seen += images.shape[0]
                 s.step += 1
                 s.global_step += 1
                 s.epoch_time = time.perf_counter() - t0
-                self._check_divergence(loss)
+                if loss is not None:
+                    self._check_divergence(loss)
                 # the epoch's running mean: a step's own loss is too noisy to read
-                self.progress.advance(1, loss=s.epoch_loss_sum / s.epoch_seen,
+                shown = s.epoch_loss_sum / s.epoch_seen if self.learner.has_loss else None
+                self.progress.advance(1, loss=shown,
                                       images_per_s=s.epoch_seen / max(s.epoch_time, 1e-9))
             if interrupt.requested and s.step < total:
                 return None
         finally:
             self.progress.stop()
-        stats = {"loss": s.epoch_loss_sum / max(s.epoch_seen, 1), "time_s": s.epoch_time,
+        stats = {"loss": s.epoch_loss_sum / max(s.epoch_seen, 1) if self.learner.has_loss
+                 else None, "time_s": s.epoch_time,
                  "images_per_s": s.epoch_seen / max(s.epoch_time, 1e-9)}
+        if self.schedule is not None:
+            stats["lr"] = [g["lr"] for g in self.optimizer.param_groups]
         s.epoch_loss_sum, s.epoch_seen, s.epoch_time = 0.0, 0, 0.0
         return stats
 
-    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float | None:
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            outputs = self.model(images)
-            loss = self.objective(outputs.float(), labels)
-        value = float(loss.detach())
-        if not math.isfinite(value):
+        ctx = self._ctx
+        ctx.epoch, ctx.global_step = self.state.epoch, self.state.global_step
+        value = self.learner.training_step(self.model, self.objective, images, labels, ctx)
+        if value is not None and not math.isfinite(value):
             raise NonFiniteLossError(
                 f"loss is {value} at epoch {self.state.epoch + 1}, step {self.state.step + 1} "
                 f"(global step {self.state.global_step + 1}){self._kept()}. Lower the learning "
                 f"rate, or check the data and the rule's feedback scale."
             )
-        self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         for hook in self.step_hooks:
