@@ -122,15 +122,19 @@ def _opt(*names: str, help: str, default: Any = None) -> Any:  # noqa: A002
     return typer.Option(default, *names, help=help)
 
 
+ANY = ("pretrain", "finetune", "train")
+NOT_PRETRAIN = ("finetune", "train")  # pretrain is BP classification by definition
+
 #: (parameter name, annotation, typer option, stages that take it). ``None`` = not given:
 #: the config file or the stage default applies. Every RunConfig key but ``stage`` has one.
 RUN_OPTIONS: list[tuple[str, Any, Any, tuple[str, ...]]] = [
     ("config", Path | None, _opt("--config", "-c", help="YAML run config; flags override "
-                                 "it."), ("pretrain", "finetune")),
+                                 "it."), ANY),
     ("task", str | None, _opt("--task", help="classify | hash (HyP² hash head)."),
-     ("finetune",)),
-    ("rule", str | None, _opt("--rule", help="Learning rule: bp | fa | usf | frsf | brsf."),
-     ("finetune",)),
+     NOT_PRETRAIN),
+    ("rule", str | None, _opt("--rule", help="Learning rule: bp | fa | usf | frsf | brsf "
+                              "(layer rules) | pepita (see 'retrieval-bio list learners')."),
+     NOT_PRETRAIN),
     ("scale", str | None, _opt("--scale", help="Feedback scale: norm (default, |B|=|W| per "
                                "layer) | none | init (BioTorch's)."), ("finetune",)),
     ("bits", int | None, _opt("--bits", help="Code length K in bits (hash task, multiple "
@@ -139,64 +143,114 @@ RUN_OPTIONS: list[tuple[str, Any, Any, tuple[str, ...]]] = [
                               "backbone and image size too, unless given) or weights file."),
      ("finetune",)),
     ("backbone", str | None, _opt("--backbone", help="alexnet | vgg16 | resnet18 | small-cnn "
-                                  "| timm:<name>."), ("pretrain", "finetune")),
+                                  "| timm:<name>."), ANY),
     ("weights", str | None, _opt("--weights", help="Backbone weights: 'imagenet' (local "
-                                 "cache) or a file."), ("pretrain", "finetune")),
+                                 "cache) or a file."), ANY),
     ("dataset", str | None, _opt("--dataset", help="Dataset name (default digits); see "
-                                 "'retrieval-bio list datasets'."), ("pretrain", "finetune")),
+                                 "'retrieval-bio list datasets'."), ANY),
     ("root", str | None, _opt("--root", help="Folder holding the dataset in its standard "
-                              "layout."), ("pretrain", "finetune")),
+                              "layout."), ANY),
     ("protocol", str | None, _opt("--protocol", help="Split protocol (default: the "
-                                  "dataset's own)."), ("pretrain", "finetune")),
+                                  "dataset's own)."), ANY),
     ("image_size", int | None, _opt("--image-size", help="Input side length in px."),
-     ("pretrain", "finetune")),
+     ANY),
     ("augment", bool | None, _opt("--augment/--no-augment", help="Train-split augmentation."),
-     ("pretrain", "finetune")),
+     ANY),
     ("k", int | None, _opt("--k", help="mAP@k cut-off (<= 0: whole database)."),
-     ("finetune",)),
+     NOT_PRETRAIN),
     ("index", str | None, _opt("--index", help="FAISS index kind of database.index: flat | "
                                "hash | multihash | ivf."), ("finetune",)),
-    ("epochs", int | None, _opt("--epochs", help="Training epochs."), ("pretrain", "finetune")),
+    ("learner_options", list[str] | None, _opt("--learner-opt", help="Learner option "
+                                               "KEY=VALUE, repeatable (pepita: output_error="
+                                               "first|modulated, f_scale=0.05)."),
+     NOT_PRETRAIN),
+    ("model_options", list[str] | None, _opt("--model-opt", help="Backbone option KEY=VALUE, "
+                                             "repeatable (mlp: hidden=[1024], dropout=0.1, "
+                                             "bias=true, output_bias=true, grey=true)."),
+     ANY),
+    ("loss", str | None, _opt("--loss", help="auto (hyp2 for hash, cross-entropy for "
+                              "classify) | cross-entropy | mse-softmax | hyp2."),
+     ANY),
+    ("optimizer", str | None, _opt("--optimizer", help="adam (default) | sgd."),
+     ANY),
+    ("momentum", float | None, _opt("--momentum", help="SGD momentum (default 0.9)."),
+     ANY),
+    ("nesterov", bool | None, _opt("--nesterov/--no-nesterov", help="SGD Nesterov momentum."),
+     ANY),
+    ("schedule", str | None, _opt("--schedule", help="Per-epoch learning-rate schedule: none "
+                                  "| multistep | cosine | linear."),
+     ANY),
+    ("milestones", str | None, _opt("--milestones", help="multistep: epochs (from 0) where "
+                                    "the rate is multiplied by --gamma, e.g. 60,90."),
+     ANY),
+    ("gamma", float | None, _opt("--gamma", help="multistep factor (default 0.1)."),
+     ANY),
+    ("t_max", int | None, _opt("--t-max", help="cosine / linear length in epochs (default: "
+                               "--epochs); the rate holds at --lr-min after it."),
+     ANY),
+    ("lr_min", float | None, _opt("--lr-min", help="cosine floor / linear end rate."),
+     ANY),
+    ("adv_train", str | None, _opt("--adv-train", help="Adversarial training: none | fgsm | "
+                                   "pgd (classify) | hag (hash); exact gradients."),
+     ANY),
+    ("val_attack", str | None, _opt("--val-attack", help="Also score validation under this "
+                                    "attack (none | fgsm | pgd | hag; the --adv-* settings)."),
+     ANY),
+    ("adv_eps", float | None, _opt("--adv-eps", help="L∞ budget of --adv-train / "
+                                   "--val-attack in [0, 1] pixels (default 0.3)."),
+     ANY),
+    ("adv_steps", int | None, _opt("--adv-steps", help="PGD / HAG iterations (default 40)."),
+     ANY),
+    ("adv_alpha", float | None, _opt("--adv-alpha", help="PGD step size (default eps/3)."),
+     ANY),
+    ("adv_random_start", bool | None, _opt("--adv-random-start/--no-adv-random-start",
+                                           help="PGD starts at a random point of the ball."),
+     ANY),
+    ("adv_mix", str | None, _opt("--adv-mix", help="both ([x; x_adv], default) | adversarial "
+                                 "(x_adv only)."), ANY),
+    ("select", str | None, _opt("--select", help="Keep the epoch with the best natural "
+                                "(default) or adversarial (needs --val-attack) validation "
+                                "score."), ANY),
+    ("epochs", int | None, _opt("--epochs", help="Training epochs."), ANY),
     ("batch_size", int | None, _opt("--batch-size", help="Batch size."),
-     ("pretrain", "finetune")),
-    ("lr_backbone", float | None, _opt("--lr-backbone", help="Adam learning rate of the "
-                                       "backbone."), ("pretrain", "finetune")),
-    ("lr_head", float | None, _opt("--lr-head", help="Adam learning rate of the new task "
-                                   "layer."), ("pretrain", "finetune")),
+     ANY),
+    ("lr_backbone", float | None, _opt("--lr-backbone", help="Learning rate of the "
+                                       "backbone."), ANY),
+    ("lr_head", float | None, _opt("--lr-head", help="Learning rate of the task layer."), ANY),
     ("proxy_lr_mult", float | None, _opt("--proxy-lr-mult", help="HyP² proxies' rate as a "
                                          "multiple of --lr-head."), ("finetune",)),
-    ("weight_decay", float | None, _opt("--weight-decay", help="Adam weight decay."),
-     ("pretrain", "finetune")),
+    ("weight_decay", float | None, _opt("--weight-decay", help="Weight decay (L2)."),
+     ANY),
     ("betas", str | None, _opt("--betas", help="Adam betas, e.g. 0.9,0.999."),
-     ("pretrain", "finetune")),
+     ANY),
     ("num_workers", int | None, _opt("--num-workers", help="Data-loading worker processes."),
-     ("pretrain", "finetune")),
+     ANY),
     ("seed", int | None, _opt("--seed", help="Seed of every random choice of the run."),
-     ("pretrain", "finetune")),
+     ANY),
     ("device", str | None, _opt("--device", help="auto (cuda, mps, cpu) | cpu | cuda | cuda:N "
-                                "| mps."), ("pretrain", "finetune")),
+                                "| mps."), ANY),
     ("amp", bool | None, _opt("--amp/--no-amp", help="float16 autocast on CUDA."),
-     ("pretrain", "finetune")),
+     ANY),
     ("skip_bad", bool | None, _opt("--skip-bad/--no-skip-bad", help="Skip (and count) "
                                    "unreadable images and bad list lines."),
-     ("pretrain", "finetune")),
+     ANY),
     ("divergence_factor", float | None, _opt("--divergence-factor", help="Stop when the loss "
                                              "grows this many times its start (0: off)."),
-     ("pretrain", "finetune")),
+     ANY),
     ("out", str | None, _opt("--out", "-o", help="Run folder to write."),
-     ("pretrain", "finetune")),
+     ANY),
     ("data_opt", list[str] | None, _opt("--data-opt", help="Dataset loader option KEY=VALUE "
                                         "(VALUE read as YAML), repeatable: --data-opt "
-                                        "lists=/data/nus/lists."), ("pretrain", "finetune")),
+                                        "lists=/data/nus/lists."), ANY),
     ("resume", bool, _opt("--resume/--no-resume", default=False,
                           help="Continue the run in --out from its checkpoint."),
-     ("pretrain", "finetune")),
+     ANY),
     ("verbose", bool, _opt("--verbose/--quiet", "-v", default=False,
-                           help="Log more (INFO messages)."), ("pretrain", "finetune")),
+                           help="Log more (INFO messages)."), ANY),
 ]
 
 
-def _data_options(items: list[str] | None) -> dict | None:
+def _data_options(items: list[str] | None, flag: str = "--data-opt") -> dict | None:
     if not items:
         return None
     import yaml
@@ -205,12 +259,21 @@ def _data_options(items: list[str] | None) -> dict | None:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            _fail(f"--data-opt takes KEY=VALUE, got {item!r}")
+            _fail(f"{flag} takes KEY=VALUE, got {item!r}")
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as e:
-            _fail(f"--data-opt {item!r}: the value is not valid YAML ({e})")
+            _fail(f"{flag} {item!r}: the value is not valid YAML ({e})")
     return out
+
+
+def _int_list(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        _fail(f"{what} takes whole numbers separated by commas, e.g. 60,90; got {text!r}")
 
 
 def _betas(text: str | None) -> list[float] | None:
@@ -250,7 +313,10 @@ def _train(stage: str, **given: Any) -> None:
     resume = given.pop("resume")
     config = given.pop("config")
     given["dataset_options"] = _data_options(given.pop("data_opt"))
+    given["learner_options"] = _data_options(given.get("learner_options"), "--learner-opt")
+    given["model_options"] = _data_options(given.get("model_options"), "--model-opt")
     given["betas"] = _betas(given.get("betas"))
+    given["milestones"] = _int_list(given.get("milestones"), "--milestones")
     if stage == "pretrain":
         given["task"] = "classify"
     out = given.get("out")
@@ -300,6 +366,11 @@ def _command(stage: str, doc: str) -> Callable[..., None]:
 pretrain = app.command("pretrain")(_command("pretrain", """BP pre-training of backbone +
 classifier (writes config.yaml, metrics.json, checkpoint.pt, best.pt, training_curve.png).
 The starting point that 'finetune --init' takes."""))
+
+train = app.command("train")(_command("train", """Train a model from scratch with any rule
+or learner: a layer rule (bp, fa, usf, frsf, brsf) or a procedure that is not backprop
+(pepita), with optional adversarial training (--adv-train). E.g. seed 000's PEPITA:
+'retrieval-bio train --config configs/pepita/mnist-pepita-natural.yaml'."""))
 
 finetune = app.command("finetune")(_command("finetune", """Fine-tune every parameter with a
 learning rule behind a new task layer (SPEC §3 defaults: Adam, lr 1e-5 backbone / 1e-4 head,
@@ -430,7 +501,9 @@ def _cell(v: object) -> object:
 
 
 def print_attack_report(report: dict[str, Any]) -> None:
-    """The table of one attack report, its notes and where it is written."""
+    """The table of one attack report, its masking line (classification: falls to chance,
+    zero gradients), its notes (the masking warnings among them) and where it is written."""
+    from .eval.compare import masking_line
     from .eval.robustness import report_rows
     from .ui import print_table
 
@@ -445,6 +518,9 @@ def print_attack_report(report: dict[str, Any]) -> None:
     if not report.get("complete", True):
         _say("note: some cells are empty (an interrupted sweep); run the same command again "
              "to compute them")
+    line = masking_line(report)
+    if line:
+        _say(line, err=False)
     for note in report.get("notes", []):
         _say(f"note: {note}")
     if report.get("path"):
@@ -458,7 +534,8 @@ def attack_cmd(
     run: Path = typer.Argument(..., help="Run folder written by 'finetune'."),
     eps: str | None = typer.Option(
         None, help="Comma-separated L∞ budgets in [0, 1] pixels (default: hash "
-        "0.001,0.005,0.01,0.05,0.1,0.5; classify 0,0.001,0.005,0.01,0.05,0.1,0.5)."),
+        "0.001,0.005,0.01,0.05,0.1,0.5; classify 0,0.001,0.005,0.01,0.05,0.1,0.5). Add 1 to "
+        "a classifier sweep for the gradient-masking check (accuracy must fall to chance)."),
     steps: int | None = typer.Option(
         None, help="Iterations of an iterative attack (HAG/SDHA default: the preset's, "
         "paper = 5; PGD 5). Not for square: see --queries-per-image."),
@@ -467,7 +544,10 @@ def attack_cmd(
         "(default 1000)."),
     grad: str = typer.Option("exact,model", help="Gradient sources: exact (through W) and/or "
                              "model (the rule's feedback path). Square is gradient-free."),
-    preset: str | None = typer.Option(None, help="HAG/SDHA preset: paper | reference."),
+    preset: str | None = typer.Option(
+        None, help="HAG/SDHA preset: paper (5 steps) | reference (ε 8/255, SAAT's steps). PGD "
+        "preset: paper (5 steps, step ε/3; the default) | pepita (seed 000: 40 steps, step "
+        "0.1, random start; default --eps 0,0.1,0.2,0.3,0.5,1). --steps wins over a preset."),
     num_images: int | None = typer.Option(
         None, "--num-images", help="Attack a seeded subsample of this many query images "
         "(default: all)."),
@@ -616,6 +696,81 @@ def list_cmd(
             if name == "backbones":
                 rows.append(("timm:<name>", "any timm model, e.g. timm:resnet50"))
             print_table(name, ["name", "description"], rows)
+
+
+@app.command("tradeoff")
+def tradeoff_cmd(
+    grid: Path = typer.Argument(..., help="Grid YAML: base config, rules, lrs, seeds, attack, "
+                                "out (docs/tradeoff.md)."),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | "
+                                      "mps (default: each cell's config)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and which are "
+                                 "already finished; train and attack nothing."),
+) -> None:
+    """Natural vs adversarial accuracy over a learning-rate grid, one curve per rule (seed
+    000 Fig. 2): trains every (rule, lr, seed) cell into OUT/<rule>-lr<lr>-s<seed>/, attacks
+    it at one ε, and writes OUT/tradeoff.json (mean ± std over seeds; per rule the mean over
+    lrs of natural − adversarial accuracy) and OUT/tradeoff.png. A re-run skips finished
+    cells, resumes interrupted ones and retries failed ones."""
+    from .tradeoff import FAILED, finished_cells, grid_status, load_grid, run_tradeoff
+    from .ui import RichProgress, print_table
+
+    with _guard():
+        spec = load_grid(grid)
+        for cell in spec.cells:
+            _check_data_options(cell.config)
+    if dry_run:
+        with _guard():
+            rows = grid_status(spec)
+        print_table(f"tradeoff {grid}: {len(rows)} cells, {spec.attack.describe()}",
+                    ["cell", "state", "detail"],
+                    [(r["cell"], r["state"], r["detail"]) for r in rows])
+        done = sum(r["state"] == "finished" for r in rows)
+        _say(f"{done} of {len(rows)} cells finished; run folders {spec.out}/<cell>, results "
+             f"{spec.out / 'tradeoff.json'}", err=False)
+        return
+
+    def show(record: dict[str, Any]) -> None:
+        head = f"[{record['index'] + 1}/{record['total']}] {record['cell']}"
+        if record["status"] == "running":
+            _say(f"{head}: starting ({record['run_dir']})")
+        elif record["status"] == FAILED:
+            _say(f"{head}: failed: {record['error']}")
+        else:
+            _say(f"{head}: {record['status']}: natural {record['natural']:.4f}, "
+                 f"adversarial {record['adversarial']:.4f}")
+
+    def interrupted() -> str:
+        try:
+            done = finished_cells(spec)
+        except Exception:  # noqa: BLE001 - the message must not fail
+            done = []
+        listed = ", ".join(done) if done else "none"
+        return (f"finished cells ({len(done)} of {len(spec.cells)}): {listed}; an interrupted "
+                f"training keeps its checkpoint. Run the same command again to continue "
+                f"(finished cells are skipped, unfinished runs resume)")
+
+    with _guard(interrupted):
+        result = run_tradeoff(spec, device=device, progress=RichProgress(), on_cell=show)
+    print_table(f"tradeoff: {spec.attack.describe()}",
+                ["rule", "lr", "seeds", "natural", "adversarial", "natural − adversarial"],
+                [(p["rule"], f"{p['lr']:g}", p["n"],
+                  f"{p['natural_mean']:.4f} ± {p['natural_std']:.4f}",
+                  f"{p['adversarial_mean']:.4f} ± {p['adversarial_std']:.4f}",
+                  f"{p['gap_mean']:.4f}") for p in result["summary"]])
+    for rule, h in result["headline"].items():
+        gap = "–" if h["mean_gap"] is None else f"{h['mean_gap']:.4f}"
+        _say(f"{rule}: mean over {len(h['lrs'])} lr(s) of natural − adversarial = {gap}"
+             f"{'' if h['complete'] else ' (incomplete: some cells failed)'}", err=False)
+    for note in result["notes"]:
+        _say(f"note: {note}")
+    if result["plot"]:
+        _say(f"written: {result['plot']}", err=False)
+    _say(f"written: {result['path']}", err=False)
+    if result["errors"]:
+        _say(f"{len(result['errors'])} cell(s) failed (listed above and in tradeoff.json); "
+             f"fix the cause and run the same command again: finished cells are skipped")
+        raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover

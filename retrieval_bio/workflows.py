@@ -36,17 +36,20 @@ from .eval.robustness import (
     GRADIENT_FREE,
     HASH_ATTACKS,
     NO_GRAD,
+    PGD_PRESETS,
     attack_task,
     check_grads,
     default_eps,
     missing_cells,
     report_paths,
     settings_key,
+    square_check,
     subsample,
     sweep_classify,
     sweep_hash,
 )
 from .progress import Progress
+from .rules import has_feedback_path
 from .runs import (
     BEST,
     METRICS,
@@ -176,11 +179,13 @@ def check_attack_options(
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if preset is not None:
-        if task != "hash":
-            raise ConfigError(f"--preset applies to hashing attacks ({', '.join(HASH_ATTACKS)}), "
-                              f"not {attack!r}")
-        if preset not in ("paper", "reference"):
-            raise ConfigError(f"--preset {preset!r} is not a preset; choose paper or reference")
+        if task != "hash" and attack != "pgd":
+            raise ConfigError(f"--preset applies to hashing attacks ({', '.join(HASH_ATTACKS)}) "
+                              f"and pgd, not {attack!r}")
+        choices = PGD_PRESETS if attack == "pgd" else ("paper", "reference")
+        if preset not in choices:
+            raise ConfigError(f"--preset {preset!r} is not a preset of {attack}; choose "
+                              f"{' or '.join(choices)}")
     eps = default_eps(attack, preset) if eps is None else [float(e) for e in eps]
     if not eps:
         raise ConfigError("--eps is empty; give at least one budget, e.g. --eps 0.01,0.05")
@@ -225,9 +230,13 @@ def attack_run(
         run_dir: a finished run folder (``config.yaml`` + ``best.pt``).
         attack: attack name.
         eps: L∞ budgets in [0, 1] pixels; ``None``: :func:`default_eps`.
-        grads: gradient sources; for a BP run they coincide and are computed once.
+        grads: gradient sources; for a run without a feedback path (BP, or a learner that is
+            not a feedback rule: :func:`retrieval_bio.rules.has_feedback_path`) they coincide
+            and are computed once.
         steps, preset: see :func:`sweep_hash` / :func:`sweep_classify`; ``preset`` is for
-            hashing attacks only. For Square ``steps`` is its query budget per image.
+            hashing attacks (paper | reference) and PGD (paper | pepita; ``pepita``'s default
+            ε list is :data:`~retrieval_bio.eval.robustness.PEPITA_EPS`). For Square
+            ``steps`` is its query budget per image.
         max_queries: attack only this many query images (seeded by ``seed``).
         batch_size: attack batch size.
         device: ``"auto"`` | ``"cpu"`` | ``"cuda[:N]"`` | ``"mps"``.
@@ -237,6 +246,12 @@ def attack_run(
             holds it (a report made from other weights is an error without this).
         out_dir: folder for the report (default ``run_dir``; unwritable: a temp folder,
             noted in the report).
+
+    Classification reports carry the ``masking`` block; an FGSM/PGD report is also compared
+    with the run's Square reports of the same weights (``square_check``; a note when there is
+    none), and a Square report with the run's FGSM/PGD reports (``gradient_checks``): a
+    gradient-free attack doing better than a gradient attack is gradient masking
+    (:func:`cross_check`).
 
     Returns:
         The report (see :mod:`retrieval_bio.eval.robustness`), as written to ``report["path"]``.
@@ -304,15 +319,22 @@ def attack_run(
                                     f"are only shown")
                 log.warning(write_errors[0])
 
-    common = dict(grads=grads, same_grads=cfg.rule == "bp", steps=steps,
-                  batch_size=batch_size, device=dev, seed=seed, attack_kwargs=attack_kwargs,
-                  progress=progress, previous=previous, on_update=persist)
+    same_grads = not has_feedback_path(cfg.rule)
+    common = dict(grads=grads, same_grads=same_grads, steps=steps, batch_size=batch_size,
+                  device=dev, seed=seed, attack_kwargs=attack_kwargs, progress=progress,
+                  previous=previous, on_update=persist, rule=cfg.rule)
     if task == "hash":
         report = sweep_hash(model, attack, eps, queries=queries, database=splits.database,
                             train=splits.train, k=retrieval_k(cfg, splits), preset=preset,
                             **common)
     else:
-        report = sweep_classify(model, attack, eps, queries=queries, **common)
+        report = sweep_classify(model, attack, eps, queries=queries, preset=preset, **common)
+        options = "".join(f" --{k} {v}" for k, v in (("num-images", max_queries),
+                                                      ("seed", seed)) if v)
+        check, check_notes = cross_check(report, run_dir, dest, used, json_path,
+                                         same_grads=same_grads, options=options)
+        report.update(check)
+        report["notes"] += check_notes
     persist(report)
     report["notes"] += write_errors
     if write_errors:
@@ -323,3 +345,80 @@ def attack_run(
         except OSError as e:
             report["notes"].append(f"{png_path} not written: {e}")
     return report
+
+
+def cross_check(
+    report: dict[str, Any], run_dir: Path, dest: Path, weights: dict[str, Any],
+    json_path: Path, *, same_grads: bool = False, options: str = "",
+) -> tuple[dict[str, Any], list[str]]:
+    """Compare a classification report with the run's reports of the other kind of attack
+    made from the same weights (same ``sha256``): Square for FGSM/PGD, FGSM/PGD for Square.
+
+    Reports are looked for in ``run_dir``, its fallback folder and ``dest``; of several of one
+    attack, the one sharing the most ε with ``report`` (then: attacking as many queries) is
+    used. Square doing better than a gradient attack by more than
+    :data:`~retrieval_bio.eval.robustness.SQUARE_MARGIN` at an ε is gradient masking
+    (:func:`~retrieval_bio.eval.robustness.square_check`).
+
+    Args:
+        report: the classification report just computed (``attack``, ``eps``, ``grad``,
+            ``accuracy``).
+        weights: the weights it was computed from (``{"file", "epoch", "sha256"}``).
+        json_path: its own file (skipped).
+        same_grads: the run's exact and model gradients are the same computation (no
+            feedback path): warnings name only the gradient report's first column.
+        options: extra CLI options for the suggested Square command (e.g. the same
+            ``--num-images``/``--seed``, so that both attack the same queries).
+
+    Returns:
+        ``(keys, notes)``: ``keys`` to merge into the report, ``{"square_check": {...}}`` for
+        FGSM/PGD, ``{"gradient_checks": [{..., "attack"}, ...]}`` for Square (nothing when no
+        report shares an ε), and plain-sentence notes.
+    """
+    from .eval.compare import load_reports
+
+    gradient_free = report["attack"] in GRADIENT_FREE
+    wanted = ("fgsm", "pgd") if gradient_free else ("square",)
+    digest = weights.get("sha256")
+    found: dict[str, tuple[tuple[int, bool], dict[str, Any]]] = {}
+    folders = [run_dir] if dest.resolve() == run_dir.resolve() else [run_dir, dest]
+    eps = {float(e) for e in report["eps"]}
+    for folder in folders:
+        for other in load_reports(folder):
+            same_file = Path(other["path"]).resolve() == json_path.resolve()
+            if (other.get("attack") not in wanted or other.get("task") != "classify"
+                    or same_file or not digest
+                    or (other.get("weights") or {}).get("sha256") != digest):
+                continue
+            rank = (len(eps & {float(e) for e in other.get("eps", [])}),
+                    other.get("num_queries") == report.get("num_queries"))
+            if other["attack"] not in found or rank > found[other["attack"]][0]:
+                found[other["attack"]] = (rank, other)
+    notes: list[str] = []
+    if not found:
+        if gradient_free:
+            return {}, []
+        grid = ",".join(f"{e:g}" for e in report["eps"])
+        return {}, [f"no Square (gradient-free) report for this run: run `retrieval-bio "
+                    f"attack square {run_dir} --eps {grid}{options}` to check for gradient "
+                    f"masking"]
+    checks = []
+    for name in sorted(found):
+        other = found[name][1]
+        square, gradient = (report, other) if gradient_free else (other, report)
+        check, more = square_check(square, gradient,
+                                   sources=gradient["grad"][:1] if same_grads else None)
+        if check is None:
+            notes.append(f"{other['path']} ({name}) shares no ε with this report: attack "
+                         f"both at the same --eps to compare a gradient attack with Square")
+            continue
+        check["report"] = other["path"]
+        if other.get("num_queries") != report.get("num_queries"):
+            notes.append(f"{other['path']} ({name}) attacked {other.get('num_queries')} "
+                         f"queries, this report {report.get('num_queries')}: the Square "
+                         f"comparison is across different query sets")
+        notes += more
+        checks.append({**check, "attack": name} if gradient_free else check)
+    if not checks:
+        return {}, notes
+    return ({"gradient_checks": checks} if gradient_free else {"square_check": checks[0]}), notes

@@ -18,7 +18,8 @@ labelled by the settings that differ. Every entry names the report file it came 
                                         "theory": float | null, "k": int | null,
                                         "steps": int, "num_queries": int,
                                         "dataset": str, "report": file,
-                                        "settings": {...} | null}}}}
+                                        "settings": {...} | null,
+                                        "masking": {...} | null}}}}
     warnings [str]: entries that differ in dataset, queries, steps, k or ε grid; runs
              without reports; report files that could not be read; incomplete reports;
              reports whose weights file has changed since
@@ -164,6 +165,7 @@ def compare_runs(
                 "k": rep.get("k"), "steps": rep.get("steps"),
                 "num_queries": rep.get("num_queries"), "dataset": rep.get("dataset"),
                 "report": rep["path"], "settings": rep.get("settings"),
+                "masking": rep.get("masking"),
             }
             chosen.setdefault(name, {})[entry_label] = rep
             warnings += _report_state(rep, Path(run_dir), entry_label)
@@ -220,6 +222,32 @@ def _differences(name: str, entry: dict[str, Any]) -> list[str]:
         out.append(f"{name}: the entries use different ε grids ({shown}); cells a run did not "
                    f"measure are empty")
     return out
+
+
+def masking_line(report: dict[str, Any]) -> str | None:
+    """One line on a classification report's gradient-masking checks (its ``masking``
+    block, see :mod:`retrieval_bio.eval.robustness`): whether accuracy at the largest ε
+    falls to chance (yes / no / unknown) and the fraction of exactly-zero input-gradient
+    entries per source. ``None`` for hashing reports."""
+    if report.get("task") != "classify":
+        return None
+    block = report.get("masking")
+    if not block:
+        return ("masking: not checked (the report predates the check; re-run the attack with "
+                "--overwrite)")
+    falls = block.get("falls_to_chance")
+    max_eps = block.get("max_eps")
+    if falls is None:
+        why = ("largest ε < 1" if max_eps is not None and max_eps < 1.0
+               else "the largest-ε cell is missing")
+        verdict = f"unknown ({why})"
+    else:
+        verdict = "yes" if falls else "no"
+    at = f"ε={max_eps:g}" if max_eps is not None else "the largest ε"
+    zeros = ", ".join(f"{g} {f:.1%} of entries ({block.get('zero_grad_images', {}).get(g, 0):.1%}"
+                      f" of images)" for g, f in block.get("zero_grad_fraction", {}).items())
+    return (f"masking: accuracy at {at} falls to chance ({block.get('chance', 0):.3g}): "
+            f"{verdict}; zero input gradients: {zeros or 'not measured'}")
 
 
 def compare_rows(entry: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:

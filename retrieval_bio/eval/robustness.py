@@ -25,10 +25,30 @@ Report schema (``attack-<name>-<key>.json``; lists are indexed like ``eps``)::
     linf, l2     {grad: [mean over queries of ‖x' − x‖_∞ / ‖x' − x‖_2 at ε_i]} (pixels in [0, 1])
     grad_calls   {grad: [input-gradient evaluations made at ε_i, all queries]}
     steps        iterations per attack (FGSM: 1; Square: its query budget per image)
-    preset       the hashing preset used ("paper" | "reference") or null
+    preset       the preset used: hashing ("paper" | "reference"), PGD ("paper" | "pepita"),
+                 or null
     rule, seed, dataset, backbone, bits, run   provenance; seed is the attack's seed
     num_queries  queries attacked (after ``max_queries`` subsampling)
-    notes        human-readable remarks (e.g. why a gradient source was computed once)
+    notes        human-readable remarks (e.g. why a gradient source was computed once, and
+                 the gradient-masking warnings below)
+    masking      classify only: gradient-masking checks (:func:`masking_block`), derived from
+                 the final table (so a resumed sweep gives the block an uninterrupted one does)::
+
+                     chance            1/C, C the number of classes
+                     max_eps           the largest ε of the report
+                     at_max_eps        {grad: accuracy at max_eps}
+                     falls_to_chance   true when accuracy at max_eps (>= 1) is <= 1.5 x chance
+                                       for every source; null when max_eps < 1 (an L∞ budget
+                                       of 1 allows any image) or that cell is missing
+                     zero_grad_fraction  {grad: fraction of the input-gradient entries (CE
+                                       loss on logits w.r.t. the clean query images, through
+                                       the source) that are exactly 0.0}; Square: "exact" only
+                     zero_grad_images  {grad: fraction of queries whose whole input gradient
+                                       is exactly zero}
+    square_check FGSM/PGD run-folder reports with a Square report of the same weights:
+                 {report, eps, square: [accuracy], gradient: {grad: [accuracy]}} at the ε
+                 both hold (``workflows.attack_run``); Square reports hold ``gradient_checks``,
+                 a list of such dicts (with ``attack``), one per FGSM/PGD report
     complete     whether every (source, ε) cell holds a value; an interrupted sweep leaves
                  ``null`` cells, which a re-run with the same settings fills in
     settings, key, weights, path   (run-folder reports, see ``workflows.attack_run``) the
@@ -37,24 +57,27 @@ Report schema (``attack-<name>-<key>.json``; lists are indexed like ``eps``)::
 
 Values of cells not (yet) computed are ``null``.
 
-For a BP model ``grad="exact"`` and ``grad="model"`` are the same computation (no feedback
-path exists), so a BP sweep attacks once and copies the result to every requested source
-(with a note).
+For a model without a feedback path (BP, or a rule such as PEPITA that trains a plain
+module: :func:`retrieval_bio.rules.has_feedback_path`) ``grad="exact"`` and ``grad="model"``
+are the same computation, so the sweep attacks once and copies the result to every
+requested source (the columns stay for consumers; one note says so).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..index.codes import sign_codes
@@ -73,6 +96,17 @@ NO_GRAD = "none"  # the single "gradient source" entry of a gradient-free attack
 PAPER_HASH_EPS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5)
 #: seed 001's ε sweep for classifier attacks (SPEC §8).
 CLASSIFY_EPS = (0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5)
+#: the ε sweep of PGD's ``pepita`` preset (seed 000 §3.1 attacks at 0.3; 1.0 lets the
+#: masking check tell whether accuracy falls to chance).
+PEPITA_EPS = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
+#: PGD presets (``retrieval_bio.attacks.pgd.PRESETS``) the sweeps and the CLI accept.
+PGD_PRESETS = ("paper", "pepita")
+#: accuracy at ε >= 1 at most this times chance counts as "falls to chance".
+CHANCE_FACTOR = 1.5
+#: warn when more than this fraction of the input-gradient entries is exactly zero.
+ZERO_GRAD_WARN = 0.01
+#: a Square accuracy lower than a gradient attack's by more than this flags masking.
+SQUARE_MARGIN = 0.02
 REFERENCE_EPS = 8 / 255
 DEFAULT_BATCH = 128
 
@@ -89,9 +123,10 @@ def attack_task(attack: str) -> str:
 
 def default_eps(attack: str, preset: str | None = None) -> list[float]:
     """The ε list used when none is given: SPEC §7's paper sweep for hashing (8/255 for
-    the ``reference`` preset), SPEC §8's list (with 0) for classifiers."""
+    the ``reference`` preset), SPEC §8's list (with 0) for classifiers, and
+    :data:`PEPITA_EPS` (up to 1.0) for PGD's ``pepita`` preset."""
     if attack_task(attack) == "classify":
-        return list(CLASSIFY_EPS)
+        return list(PEPITA_EPS) if attack == "pgd" and preset == "pepita" else list(CLASSIFY_EPS)
     return [REFERENCE_EPS] if preset == "reference" else list(PAPER_HASH_EPS)
 
 
@@ -120,7 +155,7 @@ def sweep_hash(
     batch_size: int = DEFAULT_BATCH, device: torch.device | str = "cpu", seed: int = 0,
     attack_kwargs: dict[str, Any] | None = None, progress: Progress | None = None,
     previous: dict[str, Any] | None = None,
-    on_update: Callable[[dict[str, Any]], None] | None = None,
+    on_update: Callable[[dict[str, Any]], None] | None = None, rule: str | None = None,
 ) -> dict[str, Any]:
     """Attack every query with HAG or SDHA at each ε and gradient source; mAP@k of the
     adversarial query codes against the clean database codes (SPEC §7).
@@ -134,7 +169,8 @@ def sweep_hash(
         k: mAP cut-off (<= 0: whole database); ties broken by database position.
         train: the training split (SDHA's relevant codes, encoded once with ``model``).
         grads: gradient sources to evaluate.
-        same_grads: the sources are the same computation (a BP model): attack once.
+        same_grads: the sources are the same computation (a model without a feedback path,
+            :func:`retrieval_bio.rules.has_feedback_path`): attack once, copy the columns.
         steps, preset: passed to the attack (``steps=None`` and ``preset=None``: ``paper``).
         seed: the attack's seed.
         attack_kwargs: extra constructor arguments of the attack (e.g. ``lr``).
@@ -142,6 +178,7 @@ def sweep_hash(
             kept and not recomputed (how an interrupted sweep continues).
         on_update: called with the report after every finished (source, ε) cell, e.g. to
             write it to disk so that an interruption loses at most the cell in progress.
+        rule: the model's learning rule, named in the ``same_grads`` note.
 
     Returns:
         The report dict of the module docstring, without the provenance keys; it covers the
@@ -195,28 +232,34 @@ def sweep_hash(
         "num_database": int(len(db_codes)),
     }
     return _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, progress,
-                  attack, score, base, notes, previous, on_update)
+                  attack, score, base, notes, previous, on_update, rule=rule)
 
 
 def sweep_classify(
     model: nn.Module, attack: str, eps: Sequence[float], *, queries: Dataset,
     grads: Sequence[str] = ("exact", "model"), same_grads: bool = False,
-    steps: int | None = None, batch_size: int = DEFAULT_BATCH,
+    steps: int | None = None, preset: str | None = None, batch_size: int = DEFAULT_BATCH,
     device: torch.device | str = "cpu", seed: int = 0,
     attack_kwargs: dict[str, Any] | None = None, progress: Progress | None = None,
     previous: dict[str, Any] | None = None,
-    on_update: Callable[[dict[str, Any]], None] | None = None,
+    on_update: Callable[[dict[str, Any]], None] | None = None, rule: str | None = None,
 ) -> dict[str, Any]:
     """Robust accuracy of a classifier under FGSM, PGD or Square at each ε and gradient
-    source (SPEC §8).
+    source (SPEC §8), with the gradient-masking block ``masking`` (:func:`masking_block`).
 
-    ``steps`` is PGD's iteration count (default 5, seed 001) or Square's query budget per
-    image (default: the attack's, 1,000); FGSM ignores it. Square is gradient-free, so its
-    report has one source, ``"none"``, whatever ``grads`` says. Other arguments as
-    :func:`sweep_hash`. Returns the report dict of the module docstring (no provenance).
+    ``steps`` is PGD's iteration count (default: the preset's; 5 for ``paper``, seed 001) or
+    Square's query budget per image (default: the attack's, 1,000); FGSM ignores it.
+    ``preset`` is PGD's protocol (``"paper"`` | ``"pepita"``, see
+    :data:`retrieval_bio.attacks.pgd.PRESETS`); explicit ``steps`` win over it. Square is
+    gradient-free, so its report has one source, ``"none"``, whatever ``grads`` says (its
+    zero-gradient check uses the ``exact`` gradient). Other arguments as :func:`sweep_hash`.
+    Returns the report dict of the module docstring (no provenance).
     """
     if attack not in CLASSIFY_ATTACKS:
         raise ValueError(f"{attack!r} is not a classifier attack ({', '.join(CLASSIFY_ATTACKS)})")
+    if preset is not None and (attack != "pgd" or preset not in PGD_PRESETS):
+        raise ValueError(f"preset {preset!r} does not apply to {attack}: only pgd has presets "
+                         f"({', '.join(PGD_PRESETS)})")
     from ..attacks import ATTACKS
 
     device = torch.device(device)
@@ -234,6 +277,9 @@ def sweep_classify(
         check_grads(grads)
         if attack == "pgd" and steps is not None:
             kwargs["steps"] = steps
+        if preset is not None:
+            kwargs["preset"] = preset
+    grads = list(dict.fromkeys(grads))
 
     def make(e: float, g: str):
         # Square accepts a grad argument only for uniformity; it is never used.
@@ -245,10 +291,183 @@ def sweep_classify(
     def score(outputs: np.ndarray) -> float:
         return accuracy(outputs, labels)
 
+    zeros: dict[str, tuple[float, float]] = {}
+
+    def zero_grads(rep: dict[str, Any]) -> dict[str, tuple[float, float]]:
+        """Zero-gradient fractions per reported source, each computed once per sweep."""
+        if attack in GRADIENT_FREE:
+            sources = {"exact": "exact"}
+        else:  # same computation: the first source's numbers serve every column
+            sources = {g: grads[0] if same_grads else g for g in rep["grad"]}
+        for src in dict.fromkeys(sources.values()):
+            if src not in zeros:
+                zeros[src] = input_gradient_zeros(model, queries, src, batch_size=batch_size,
+                                                  device=device)
+        return {g: zeros[src] for g, src in sources.items()}
+
+    def derive(rep: dict[str, Any]) -> None:
+        computed = grads[:1] if same_grads else rep["grad"]
+        rep["masking"], more = masking_block(rep, labels.shape[1], zero_grads(rep),
+                                             sources=computed)
+        rep["notes"] += more
+
     base = {"attack": attack, "task": "classify", "metric": "accuracy",
-            "clean_accuracy": score(clean), "preset": None, "num_queries": int(len(labels))}
+            "clean_accuracy": score(clean), "preset": preset, "num_queries": int(len(labels))}
     return _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, progress,
-                  attack, score, base, notes, previous, on_update)
+                  attack, score, base, notes, previous, on_update, rule=rule, derive=derive)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration (as during an attack); every module's mode restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.train(training)
+
+
+def input_gradient_zeros(
+    model: nn.Module, queries: Dataset, grad: str = "exact", *,
+    batch_size: int = DEFAULT_BATCH, device: torch.device | str = "cpu",
+) -> tuple[float, float]:
+    """How much of the input gradient an attacker gets is exactly zero (gradient masking).
+
+    The gradient of the batch-mean cross-entropy of the logits w.r.t. the clean query images
+    (the loss FGSM and PGD ascend), through gradient source ``grad`` (``"exact"``: through W,
+    ``"model"``: the model's feedback path; an FGSM instance's ``input_grad`` takes it), in
+    eval mode, in batches of ``batch_size`` as the attacks do.
+
+    Args:
+        model: images ``(N, 3, H, W)`` in [0, 1] -> logits ``(N, C)``, on ``device``.
+        queries: dataset of ``(image, one-hot label (C,), index)``.
+
+    Returns:
+        ``(fraction of gradient entries == 0.0, fraction of images whose whole gradient is
+        0.0)``, both in [0, 1]; ``(0.0, 0.0)`` for an empty dataset.
+    """
+    from ..attacks import FGSM, class_indices
+
+    probe = FGSM(model, 0.0, grad=grad)
+    zero = total = zero_images = images = 0
+    with _eval_mode(model):
+        for x, y, _ in DataLoader(queries, batch_size=batch_size, shuffle=False):
+            target = class_indices(y.to(device))
+            _, g = probe.input_grad(x.to(device),
+                                    lambda out, _x, t=target: F.cross_entropy(out, t))
+            z = (g == 0).flatten(1)
+            zero += int(z.sum())
+            total += z.numel()
+            zero_images += int(z.all(1).sum())
+            images += len(z)
+    return (zero / total if total else 0.0, zero_images / images if images else 0.0)
+
+
+def masking_block(
+    report: dict[str, Any], num_classes: int, zeros: dict[str, tuple[float, float]], *,
+    sources: Sequence[str] | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """The ``masking`` block of a classification report and its warnings.
+
+    Args:
+        report: a classification report's table (``grad``, ``eps``, ``accuracy``; cells may
+            be ``None``); the block is computed from it alone, so it follows the final table.
+        num_classes: C, the labels' width; chance accuracy is 1/C.
+        zeros: ``{grad: (fraction of zero gradient entries, fraction of all-zero images)}``
+            (:func:`input_gradient_zeros`).
+        sources: the columns that are distinct computations (warnings name only these, so a
+            copied column is not reported twice); default every column.
+
+    Returns:
+        ``(block, notes)``: the block of the module docstring and plain-sentence warnings:
+        largest ε below 1 (cannot tell), accuracy at ε >= 1 above 1.5 x chance (the attack may
+        be blind), more than 1 % zero gradient entries.
+    """
+    chance = 1.0 / num_classes
+    eps = [float(e) for e in report["eps"]]
+    max_eps = max(eps) if eps else None
+    at = ({g: report["accuracy"][g][eps.index(max_eps)] for g in report["grad"]}
+          if max_eps is not None else {})
+    falls: bool | None = None
+    if max_eps is not None and max_eps >= 1.0 and at and all(v is not None for v in at.values()):
+        falls = all(v <= CHANCE_FACTOR * chance for v in at.values())
+    notes: list[str] = []
+    if max_eps is not None and max_eps < 1.0:
+        notes.append(f"largest ε is {max_eps:g} < 1: cannot tell whether accuracy falls to "
+                     f"chance; add 1.0 to --eps")
+    shown = list(sources) if sources is not None else list(report["grad"])
+    gradient_free = report["attack"] in GRADIENT_FREE
+    if falls is False:
+        for g in shown:
+            a = at.get(g)
+            if a is None or a <= CHANCE_FACTOR * chance:
+                continue
+            which = "" if gradient_free else f" ({g} gradient)"
+            why = ("Square's query budget may be too small (raise --queries-per-image)"
+                   if gradient_free else
+                   "the attack may be blind (gradient masking); compare with Square")
+            notes.append(f"accuracy {a:.3g}{which} at ε={max_eps:g} does not fall to chance "
+                         f"({chance:.3g}): {why}")
+    tail = ("FGSM/PGD are blind on this model, Square (gradient-free) is not" if gradient_free
+            else "compare with Square")
+    for g in (["exact"] if gradient_free else shown):
+        if g not in zeros:
+            continue
+        frac, imgs = zeros[g]
+        if frac > ZERO_GRAD_WARN:
+            notes.append(f"{frac:.1%} of the input-gradient entries ({g} gradient, CE loss on "
+                         f"the clean queries) are exactly zero, and {imgs:.1%} of the images get "
+                         f"no gradient at all: gradient steps cannot move those pixels "
+                         f"(gradient masking); {tail}")
+    block = {"chance": chance, "max_eps": max_eps, "at_max_eps": at,
+             "falls_to_chance": falls,
+             "zero_grad_fraction": {g: z[0] for g, z in zeros.items()},
+             "zero_grad_images": {g: z[1] for g, z in zeros.items()}}
+    return block, notes
+
+
+def square_check(
+    square: dict[str, Any], gradient: dict[str, Any], *, sources: Sequence[str] | None = None,
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """Compare a Square report with an FGSM/PGD report of the same model at the ε both hold.
+
+    A gradient-free attack that does better (lower accuracy by more than
+    :data:`SQUARE_MARGIN`) than a gradient attack with the same budget means the gradients
+    mislead the gradient attack: gradient masking.
+
+    Args:
+        square, gradient: classification reports (``eps``, ``grad``, ``accuracy``, ``path``);
+            ``None`` cells are skipped.
+        sources: the gradient report's columns to warn about (default all; pass the distinct
+            computations only, so a copied column is not reported twice).
+
+    Returns:
+        ``(check, notes)``: ``check`` is ``{"report", "eps", "square", "gradient"}`` (the
+        other report's path is the caller's to set; here ``None``) or ``None`` when the two
+        share no ε; ``notes`` are the warnings, one per (source, ε) where Square is stronger.
+    """
+    s_eps = [float(e) for e in square["eps"]]
+    g_eps = [float(e) for e in gradient["eps"]]
+    common = [e for e in g_eps if any(abs(e - f) <= 1e-12 for f in s_eps)]
+    if not common:
+        return None, []
+
+    def at(eps: list[float], values: list[Any], e: float) -> Any:
+        return values[min(range(len(eps)), key=lambda i: abs(eps[i] - e))]
+
+    s_col = square["accuracy"][square["grad"][0]]
+    sq = [at(s_eps, s_col, e) for e in common]
+    gr = {g: [at(g_eps, gradient["accuracy"][g], e) for e in common] for g in gradient["grad"]}
+    notes = []
+    for g in sources if sources is not None else gradient["grad"]:
+        for e, s, a in zip(common, sq, gr.get(g, []), strict=True):
+            if s is not None and a is not None and s < a - SQUARE_MARGIN:
+                notes.append(f"at ε={e:g} Square's accuracy {s:.3g} is below "
+                             f"{gradient['attack']}'s ({g} gradient) {a:.3g}: gradient masking: "
+                             f"the gradient attack is weaker than a gradient-free one")
+    return {"report": None, "eps": common, "square": sq, "gradient": gr}, notes
 
 
 def _clean_outputs(
@@ -310,17 +529,19 @@ class _Cells:
 
 
 def _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, progress, name,
-           score, base, notes, previous, on_update):
+           score, base, notes, previous, on_update, *, rule=None, derive=None):
     """Attack every query batch for each missing (source, ε) cell, score each cell as soon
-    as it is done and hand the growing report to ``on_update``."""
+    as it is done and hand the growing report to ``on_update``. ``derive(report)``, when
+    given, adds keys computed from the table (and notes) to every report handed out."""
     grads = list(dict.fromkeys(grads))
     if not grads:
         raise ValueError("give at least one gradient source")
     notes = list(notes)
     computed = grads[:1] if same_grads else grads
     if same_grads and len(grads) > 1:
+        why = f"rule {rule} has no feedback path" if rule else "it has no feedback path"
         notes.append(f"{' and '.join(grads)} gradients are the same computation for this model "
-                     f"(no feedback path, BP): attacked once with '{grads[0]}'")
+                     f"({why}): attacked once with '{grads[0]}'")
     cells = _Cells(base["metric"], previous)
     cells.add_grid(grads, eps)
     todo = cells.missing(computed, eps)
@@ -335,7 +556,10 @@ def _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, pro
             for e in eps:
                 if (grads[0], float(e)) in cells.cells:
                     cells.cells[(g, float(e))] = cells.cells[(grads[0], float(e))]
-        return {**base, **cells.table(), "steps": steps, "notes": notes}
+        rep = {**base, **cells.table(), "steps": steps, "notes": list(notes)}
+        if derive is not None:
+            derive(rep)
+        return rep
 
     loader = DataLoader(queries, batch_size=batch_size, shuffle=False)
     progress.start(f"{name}", len(todo) * len(loader))

@@ -69,11 +69,11 @@ from .convert import (
 )
 from .diagnostics import gradient_angles, layer_angles
 from .layers import FEEDBACK_BUFFERS, FeedbackConv2d, FeedbackLayer, FeedbackLinear
-from .specs import RULE_REGISTRY, RULES, SCALES, RuleSpec
+from .specs import RULE_REGISTRY, RULES, SCALES, RuleSpec, has_feedback_path
 
 __all__ = [
     "FEEDBACK_BUFFERS", "RULES", "RULE_REGISTRY", "SCALES", "FeedbackConv2d", "FeedbackLayer",
     "FeedbackLinear",
     "RuleSpec", "attach", "convert", "converted_layers", "exact_gradients", "feedback",
-    "gradient_angles", "layer_angles", "on_optimizer_step", "rule_of",
+    "gradient_angles", "has_feedback_path", "layer_angles", "on_optimizer_step", "rule_of",
 ]

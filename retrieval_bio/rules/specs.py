@@ -54,3 +54,15 @@ for _spec, _help in _SPECS:
 
 RULES: tuple[str, ...] = tuple(spec.name for spec, _ in _SPECS)
 """All rule names, BP first: ``("bp", "fa", "usf", "frsf", "brsf")``."""
+
+
+def has_feedback_path(rule: str) -> bool:
+    """Whether a model trained with ``rule`` back-propagates through feedback matrices B ≠ W,
+    so that its own (``grad="model"``) and the exact (``grad="exact"``) input gradients are
+    different computations.
+
+    True for the feedback rules of :data:`RULES` other than ``bp``; False for ``bp`` and for
+    any name not in :data:`RULES` (learning procedures such as ``pepita`` train a plain
+    module whose backward is ordinary autograd, so the two gradients coincide).
+    """
+    return rule in RULES and rule != "bp"

@@ -149,8 +149,10 @@ def test_square_is_gradient_free(classify_bp):
 def test_wrong_task_and_bad_arguments(hash_frsf, classify_bp):
     with pytest.raises(ValueError, match="hash run"):
         attack_run(hash_frsf, "fgsm", [0.1], device="cpu")
+    with pytest.raises(ValueError, match="preset"):  # pgd's presets are paper | pepita
+        attack_run(classify_bp, "pgd", [0.1], preset="reference", device="cpu")
     with pytest.raises(ValueError, match="preset"):
-        attack_run(classify_bp, "pgd", [0.1], preset="paper", device="cpu")
+        attack_run(classify_bp, "fgsm", [0.1], preset="paper", device="cpu")
     with pytest.raises(ValueError, match="grad must be one of"):  # BP: checked, not copied
         attack_run(classify_bp, "fgsm", [0.1], grads=("exact", "backprop"), device="cpu")
     with pytest.raises(ValueError, match="unknown attack"):
