@@ -102,25 +102,31 @@ class Pepita(Learner):
         with torch.no_grad():
             y = _one_hot(labels, head.out_features).to(images.dtype)
             x = net.inputs(model.backbone.normalize(images))
+            first = net.linears[0]
             with shared_masks(net):
-                hidden = net.hidden_states(x)
+                a1 = first(x)
+                hidden = net.hidden_states(x, first=a1)
                 z = head(hidden[-1])
                 e = torch.softmax(z, dim=1) - y
                 x_mod = x + e @ self.F.T
-                hidden_mod = net.hidden_states(x_mod)
-            b = x.shape[0]
+                # W1 x_mod + b1 = a1 + e (W1 F)ᵀ: a (C x H) product instead of a (B x d x H)
+                # one, so the second pass costs little more than the head
+                hidden_mod = net.hidden_states(x_mod, first=a1 + e @ (first.weight @ self.F).T)
+            # 1/B is applied to the (B x H) error, not to the (H x d) product: fewer flops
+            scale = 1.0 / x.shape[0]
             inputs_mod = [x_mod, *hidden_mod[:-1]]
             for layer, h, h_mod, inp in zip(net.linears, hidden, hidden_mod, inputs_mod,
                                             strict=True):
-                delta = h - h_mod
-                layer.weight.grad = delta.T @ inp / b
+                delta = (h - h_mod).mul_(scale)
+                layer.weight.grad = delta.T @ inp
                 if layer.bias is not None:
-                    layer.bias.grad = delta.mean(0)
+                    layer.bias.grad = delta.sum(0)
             if self.output_error == "modulated":
                 e = torch.softmax(head(hidden_mod[-1]), dim=1) - y
-            head.weight.grad = e.T @ hidden_mod[-1] / b
+            e = e * scale
+            head.weight.grad = e.T @ hidden_mod[-1]
             if head.bias is not None:
-                head.bias.grad = e.mean(0)
+                head.bias.grad = e.sum(0)
             return float(objective(z, labels))
 
     def describe(self) -> dict[str, object]:

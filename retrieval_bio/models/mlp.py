@@ -116,12 +116,17 @@ class MLP(nn.Module):
                 f"({tuple(x.shape[1:])}); build it with the run's image_size and grey option")
         return flat
 
-    def hidden_states(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        """Every hidden layer's output ``h_l = m_l ⊙ ReLU(W_l h_{l-1} + b_l)``."""
+    def hidden_states(self, flat: torch.Tensor, first: torch.Tensor | None = None
+                      ) -> list[torch.Tensor]:
+        """Every hidden layer's output ``h_l = m_l ⊙ ReLU(W_l h_{l-1} + b_l)``.
+
+        ``first``: the first layer's pre-activation ``W_1 x + b_1`` when the caller already
+        has it (PEPITA gets its second pass's cheaply from the first's)."""
         states = []
         h = flat
-        for layer, drop in zip(self.linears, self.drops, strict=True):
-            h = drop(torch.relu(layer(h)))
+        for i, (layer, drop) in enumerate(zip(self.linears, self.drops, strict=True)):
+            a = first if i == 0 and first is not None else layer(h)
+            h = drop(torch.relu(a))
             states.append(h)
         return states
 
