@@ -331,6 +331,11 @@ def resume_config(
         new, old = getattr(probe, key), getattr(stored, key)
         if new == old:
             continue
+        if key == "epochs" and stored.schedule in ("cosine", "linear") and stored.t_max is None:
+            raise ConfigError(
+                f"--epochs {new}: the run's {stored.schedule} schedule spans its epochs "
+                f"(t_max unset, so t_max = {old}); more epochs would change the rates of the "
+                f"epochs already trained. Start a new run, or give t_max in new runs")
         if key in RESUME_SAFE:
             apply[key] = new
             continue

@@ -160,3 +160,20 @@ def test_adversarial_training_is_reproducible_and_draws_no_global_rng():
     b = adv.examples(model, x, y, global_step=5)
     assert torch.equal(a, b) and torch.equal(torch.rand(1), after)
     assert not torch.equal(a, adv.examples(model, x, y, global_step=6))  # per-step seed
+
+
+def test_hash_runs_train_adversarially_with_hag():
+    torch.manual_seed(0)
+    model = create_model("small-cnn", "hash", bits=16).train()
+    loss_fn = create_loss("hyp2", num_classes=3, bits=16)
+    ctx = StepContext(torch.device("cpu"), False, torch.amp.GradScaler("cuda", enabled=False))
+    data = _data()
+    x, y = data.images[:8], data.labels[:8]
+    inner = _Recorder()
+    adv = AdversarialTraining(inner, "hag", eps=0.05, steps=3, mix="adversarial")
+    adv.prepare(model, loss_fn)
+    assert adv.training_step(model, loss_fn, x, y, ctx) > 0
+    x_adv = inner.batches[-1][0]
+    assert 0 < (x_adv - x).abs().max() <= 0.05 + 1e-6  # HAG steps by the raw gradient
+    with pytest.raises(Exception, match="adv_train 'pgd' cannot train a hash"):
+        AdversarialTraining(Autograd(), "pgd", eps=0.1).prepare(model, loss_fn)

@@ -142,3 +142,15 @@ def test_resume_needs_neither_the_init_folder_nor_fewer_epochs(tmp_path, one_thr
     r = runner.invoke(app, ["finetune", "--resume", "--out", str(fine)])
     assert r.exit_code == 0, r.output
     assert len(read_json(fine / "metrics.json")["history"]) == 3
+
+
+def test_more_epochs_refused_when_the_schedule_spans_the_epochs(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    RunConfig(stage="train", schedule="cosine", epochs=3, out=str(run)).save(
+        run / "config.yaml")
+    with pytest.raises(ConfigError, match="cosine schedule spans its epochs"):
+        resume_config(run, "train", epochs=5)
+    RunConfig(stage="train", schedule="cosine", epochs=3, t_max=3, out=str(run)).save(
+        run / "config.yaml")
+    assert resume_config(run, "train", epochs=5).epochs == 5  # t_max fixed: rates unchanged
