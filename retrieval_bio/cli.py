@@ -370,7 +370,7 @@ The starting point that 'finetune --init' takes."""))
 train = app.command("train")(_command("train", """Train a model from scratch with any rule
 or learner: a layer rule (bp, fa, usf, frsf, brsf) or a procedure that is not backprop
 (pepita), with optional adversarial training (--adv-train). E.g. seed 000's PEPITA:
-'retrieval-bio train --config configs/pepita/mnist-pepita-natural.yaml'."""))
+'retrieval-bio train --config configs/pepita/natural/mnist-pepita.yaml'."""))
 
 finetune = app.command("finetune")(_command("finetune", """Fine-tune every parameter with a
 learning rule behind a new task layer (SPEC §3 defaults: Adam, lr 1e-5 backbone / 1e-4 head,

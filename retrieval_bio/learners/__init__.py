@@ -20,7 +20,7 @@ How the next procedures fit, without touching the trainer (docs/learners.md has 
   phases, and writes the symmetric estimate into ``.grad`` (or backpropagates a surrogate
   whose gradient is that estimate through ``ctx.backward``); ``uses_amp = False``; it
   returns the readout's cross-entropy at the free equilibrium to log.
-* Krotov–Hopfield: ``uses_labels = False``, ``has_loss = False``; ``training_step``
+* Krotov–Hopfield: ``has_loss = False``, labels ignored; ``training_step``
   writes ``W.grad = −ΔW / max|ΔW|`` and returns ``None``; the ``linear`` schedule decays
   its rate; a later stage freezes the layer (``requires_grad_(False)``) and trains a head
   with the ``autograd`` learner.

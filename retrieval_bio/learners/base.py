@@ -65,13 +65,11 @@ class Learner(nn.Module):
         uses_amp: mixed precision may apply (``False`` for gradients that are not gradients
             of a loss, such as PEPITA's ΔW: scaling them is meaningless).
         has_loss: the step returns a loss to log (``False`` for unsupervised local rules).
-        uses_labels: the step reads the labels (``False``: Krotov–Hopfield).
     """
 
     name = "learner"
     uses_amp = True
     has_loss = True
-    uses_labels = True
 
     @classmethod
     def check_model(cls, model: nn.Module) -> None:

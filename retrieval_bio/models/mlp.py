@@ -6,9 +6,11 @@ mean/std normalisation), hidden layers ``h_l = m_l ⊙ ReLU(W_l h_{l-1} + b_l)``
 dropout masks m_l, then the task head (a Linear layer to C logits). Weights start He-uniform,
 ``U(-sqrt(6 / fan_in), +sqrt(6 / fan_in))``, the head included; biases start at 0.
 
-``grey=True`` keeps only the first channel, so MNIST / Fashion-MNIST (which the toolkit's
-loaders copy to three channels) give the 784 inputs of the papers: three copies would change
-the He and feedback scales and let an attacker perturb each pixel three times.
+``grey=True`` averages the three channels into one, so MNIST / Fashion-MNIST (which the
+toolkit's loaders copy to three channels) give the 784 inputs of the papers: three copies
+would change the He and feedback scales. Averaging (rather than reading channel 0) keeps the
+threat model of the papers exactly: an L∞ change of ε to the three copies moves the grey
+pixel by at most ε, and every input gets a gradient, so no input looks masked.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class MLP(nn.Module):
         hidden: widths of the hidden layers (seed 000: one layer of 1024).
         dropout: drop probability of every hidden layer (seed 000: 0.1).
         bias: hidden layers have biases.
-        grey: use only channel 0 of the ``(N, 3, H, W)`` input.
+        grey: average the channels of the ``(N, 3, H, W)`` input into one.
 
     ``forward`` maps images ``(N, 3, H, W)`` in [0, 1] to the last hidden layer
     ``(N, hidden[-1])``; :meth:`inputs` and :meth:`hidden_states` expose the pieces a
@@ -108,7 +110,7 @@ class MLP(nn.Module):
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` images -> the flat input ``(N, in_features)``."""
         if self.grey:
-            x = x[:, :1]
+            x = x.mean(1, keepdim=True)
         flat = x.flatten(1)
         if flat.shape[1] != self.in_features:
             raise ValueError(

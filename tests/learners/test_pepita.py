@@ -41,7 +41,7 @@ def _by_hand(model, F, x, y, output_error, masks=None):
           for m in model.backbone.net.linears]
     Wo = model.head.weight.detach().numpy()
     bo = np.zeros(Wo.shape[0]) if model.head.bias is None else model.head.bias.detach().numpy()
-    X = x[:, 0].reshape(len(x), -1).numpy()  # grey: channel 0, flattened
+    X = x.mean(1).reshape(len(x), -1).numpy()  # grey: the channel mean, flattened
     Y = y.numpy()
     masks = masks or [np.ones((len(X), W.shape[0])) for W in Ws]
 
