@@ -2,7 +2,11 @@
 
 1. PEPITA ÷ BP on seed 000's MLP (784 -> 1024 -> 10, dropout 0.1, SGD momentum 0.9, batch 64),
    both through the toolkit's trainer step (`Trainer._train_step`). PEPITA makes two forward
-   passes and no backward; BP a forward and a backward. Issue 11 expects <= 1.0.
+   passes and no backward; BP a forward and a backward. Issue 11 expects <= 1.0, but the
+   flops say otherwise: both compute one (64 x 784) @ (784 x 1024) forward product and one
+   weight-update product of the same size (BP's dW1 = δ1ᵀx, PEPITA's ΔW1 = (h1 − h1')ᵀx'),
+   and PEPITA's second pass adds W1·F (1024 x 784 x 10) on top (its first layer is taken as
+   a1 + e (W1 F)ᵀ instead of a second 784 x 1024 product). Measured on 2 CPU cores: ~1.1.
 2. The new trainer step (learner indirection, per-step context) ÷ the step as it was before
    learners existed (an inline copy: zero_grad, autocast forward, objective, scaled backward,
    scaler step, hooks), for BP and frSF on the rules benchmark's ResNet-18 (64 px, batch 32,
