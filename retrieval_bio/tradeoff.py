@@ -14,7 +14,6 @@ the finished cells, resumes a cell whose training was interrupted and retries fa
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -33,7 +32,6 @@ from .runs import (
     CONFIG,
     METRICS,
     RunFolderError,
-    atomic_write_bytes,
     atomic_write_json,
     file_digest,
     read_json,
@@ -704,12 +702,8 @@ def tradeoff_plot(path: str | Path, points: list[dict[str, Any]], grid: Tradeoff
     """Adversarial (y) against natural (x) accuracy: one curve per rule through its (rule,
     lr) points sorted by natural accuracy, error bars = std over seeds, each point labelled
     with its lr; the diagonal (adversarial = natural) dotted."""
-    import matplotlib
+    from .eval.plots import plt, save_figure
 
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     try:
         colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -744,12 +738,10 @@ def tradeoff_plot(path: str | Path, points: list[dict[str, Any]], grid: Tradeoff
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="best")
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-    finally:
+    except BaseException:
         plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+        raise
+    return save_figure(fig, path)
 
 
 __all__ = [

@@ -96,11 +96,12 @@ def line_plot(
     except BaseException:
         plt.close(fig)
         raise
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: Any, path: Path) -> Path:
-    """Render ``fig`` to PNG, close it, and write the file atomically."""
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Render ``fig`` to PNG, close it, and write the file atomically (``path`` returned)."""
+    path = Path(path)
     try:
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
@@ -220,4 +221,4 @@ def training_curve_plot(
     except BaseException:
         plt.close(fig)
         raise
-    return _save(fig, path)
+    return save_figure(fig, path)
