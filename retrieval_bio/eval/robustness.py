@@ -14,7 +14,9 @@ Report schema (``attack-<name>-<key>.json``; lists are indexed like ``eps``)::
     task         "hash" | "classify"
     metric       "map" (hash) | "accuracy" (classify): the key holding the per-ε values
     grad         gradient sources evaluated, e.g. ["exact", "model"]; ["none"] for Square
-                 (gradient-free: it never calls a backward pass)
+                 (gradient-free: it never calls a backward pass); one per computation
+    same_computation  {source: the source in ``grad`` it is the same computation as}, e.g.
+                 {"model": "exact"} for a model without a feedback path
     eps          [ε_0, ε_1, ...], L∞ budgets in [0, 1] pixel units
     map          hash only: {grad: [mAP@k at ε_i]}, adversarial queries vs the CLEAN database
     clean_map    hash only: mAP@k of the clean queries vs the clean database
@@ -59,8 +61,8 @@ Values of cells not (yet) computed are ``null``.
 
 For a model without a feedback path (BP, or a rule such as PEPITA that trains a plain
 module: :func:`retrieval_bio.rules.has_feedback_path`) ``grad="exact"`` and ``grad="model"``
-are the same computation, so the sweep attacks once and copies the result to every
-requested source (the columns stay for consumers; one note says so).
+are the same computation, so the sweep attacks once with the first requested source and
+reports that one column; ``same_computation`` and a note name the others.
 """
 
 from __future__ import annotations
@@ -170,7 +172,7 @@ def sweep_hash(
         train: the training split (SDHA's relevant codes, encoded once with ``model``).
         grads: gradient sources to evaluate.
         same_grads: the sources are the same computation (a model without a feedback path,
-            :func:`retrieval_bio.rules.has_feedback_path`): attack once, copy the columns.
+            :func:`retrieval_bio.rules.has_feedback_path`): attack once, one column.
         steps, preset: passed to the attack (``steps=None`` and ``preset=None``: ``paper``).
         seed: the attack's seed.
         attack_kwargs: extra constructor arguments of the attack (e.g. ``lr``).
@@ -542,6 +544,12 @@ def _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, pro
         why = f"rule {rule} has no feedback path" if rule else "it has no feedback path"
         notes.append(f"{' and '.join(grads)} gradients are the same computation for this model "
                      f"({why}): attacked once with '{grads[0]}'")
+    # one column per computation: the sources that are the same computation are named in
+    # ``same_computation`` and the note, not repeated as identical columns
+    same = {g: grads[0] for g in grads[len(computed):]}
+    grads = computed
+    if previous is not None and same:
+        previous = {**previous, "grad": [g for g in previous.get("grad", []) if g not in same]}
     cells = _Cells(base["metric"], previous)
     cells.add_grid(grads, eps)
     todo = cells.missing(computed, eps)
@@ -552,11 +560,8 @@ def _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, pro
     steps = previous.get("steps") if previous else None
 
     def report() -> dict[str, Any]:
-        for g in grads[len(computed):]:  # same computation: share the results
-            for e in eps:
-                if (grads[0], float(e)) in cells.cells:
-                    cells.cells[(g, float(e))] = cells.cells[(grads[0], float(e))]
-        rep = {**base, **cells.table(), "steps": steps, "notes": list(notes)}
+        rep = {**base, **cells.table(), "steps": steps, "notes": list(notes),
+               "same_computation": dict(same)}
         if derive is not None:
             derive(rep)
         return rep

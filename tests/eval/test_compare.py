@@ -48,15 +48,16 @@ def test_compare_two_hash_runs(attacked, tmp_path):
         assert got["values"] == rep["map"] and got["eps"] == rep["eps"]
         assert got["clean"] == rep["clean_map"] and got["theory"] == rep["theory_map"]
     header, rows = compare_rows(entry)
-    assert header == ["ε", "bp exact", "bp model", "frsf exact", "frsf model"]
+    assert header == ["ε", "bp exact", "frsf exact", "frsf model"]
     by_eps = {r[0]: r[1:] for r in rows}
     assert list(by_eps) == ["clean", "0", "0.05", "0.3", "0.5", "theory"]
     frsf_rep = json.loads(files["frsf"].read_text())
     bp_rep = json.loads(files["bp"].read_text())
-    assert by_eps["0.3"] == [bp_rep["map"]["exact"][2], bp_rep["map"]["model"][2],
-                             frsf_rep["map"]["exact"][1], frsf_rep["map"]["model"][1]]
-    assert by_eps["0"][2:] == [None, None]  # frSF was not attacked at ε = 0
-    assert by_eps["0.5"][:2] == [None, None]
+    assert "model" not in bp_rep["map"] and bp_rep["same_computation"] == {"model": "exact"}
+    assert by_eps["0.3"] == [bp_rep["map"]["exact"][2], frsf_rep["map"]["exact"][1],
+                             frsf_rep["map"]["model"][1]]
+    assert by_eps["0"][1:] == [None, None]  # frSF was not attacked at ε = 0
+    assert by_eps["0.5"][:1] == [None]
     png = out / result["plots"]["hag"]
     assert png.name == "compare-hag.png" and png.read_bytes()[:8] == PNG_SIGNATURE
 

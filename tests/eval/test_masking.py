@@ -96,8 +96,8 @@ def test_zero_gradient_model_is_flagged_as_masking(digits, rounding):
     rep = sweep_classify(rounding, "pgd", [0.0, 1.0], queries=digits.query,
                          grads=("exact", "model"), same_grads=True, rule="pepita")
     m = rep["masking"]
-    assert m["zero_grad_fraction"] == {"exact": 1.0, "model": 1.0}
-    assert m["zero_grad_images"] == {"exact": 1.0, "model": 1.0}
+    assert m["zero_grad_fraction"] == {"exact": 1.0}  # one column: one computation
+    assert m["zero_grad_images"] == {"exact": 1.0}
     # PGD gets no signal: the images do not move and accuracy stays at the clean one
     assert rep["accuracy"]["exact"] == [rep["clean_accuracy"]] * 2
     assert rep["clean_accuracy"] > 1.5 / C
@@ -109,7 +109,7 @@ def test_zero_gradient_model_is_flagged_as_masking(digits, rounding):
     same = [n for n in rep["notes"] if "same computation" in n]
     assert same == ["exact and model gradients are the same computation for this model (rule "
                     "pepita has no feedback path): attacked once with 'exact'"]
-    assert rep["accuracy"]["model"] == rep["accuracy"]["exact"]  # the copied column stays
+    assert rep["grad"] == ["exact"] and rep["same_computation"] == {"model": "exact"}
 
 
 def test_largest_eps_below_one_cannot_tell(digits, linear):
@@ -210,7 +210,7 @@ def test_square_cross_check_in_a_run_folder(tiny_run, tmp_path):
     assert check["attack"] == "pgd" and check["report"] == alone["path"]
     assert check["eps"] == [0.0, 0.3]
     assert check["square"] == square["accuracy"]["none"][:2]
-    assert check["gradient"] == {g: alone["accuracy"][g] for g in ("exact", "model")}
+    assert check["gradient"] == {"exact": alone["accuracy"]["exact"]}
     assert set(square["masking"]["zero_grad_fraction"]) == {"exact"}
 
     # A forged Square report of the same weights that does far better than PGD at ε = 0.005
@@ -226,7 +226,7 @@ def test_square_cross_check_in_a_run_folder(tiny_run, tmp_path):
     sc = pgd["square_check"]
     assert sc == {"report": str(run / "attack-square-forged.json"), "eps": [0.0, 0.005],
                   "square": [forged["clean_accuracy"], 0.0],
-                  "gradient": {g: pgd["accuracy"][g][:2] for g in ("exact", "model")}}
+                  "gradient": {"exact": pgd["accuracy"]["exact"][:2]}}
     a = pgd["accuracy"]["exact"][1]
     assert a > 0.1
     warned = [n for n in pgd["notes"] if "gradient attack is weaker" in n]
