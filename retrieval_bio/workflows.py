@@ -290,7 +290,23 @@ def attack_run(
                 f"{before.get('epoch')}) than {wpath} holds now; pass --overwrite to "
                 f"recompute it")
     effective = [NO_GRAD] if attack in GRADIENT_FREE else list(dict.fromkeys(grads))
+    same_grads = not has_feedback_path(cfg.rule)
+    options = "".join(f" --{k} {v}" for k, v in (("num-images", max_queries), ("seed", seed))
+                      if v)
     if previous is not None and not missing_cells(previous, effective, eps):
+        if task == "classify":  # the run may have gained reports to cross-check since
+            previous.pop("square_check", None)
+            previous.pop("gradient_checks", None)
+            stale = set(previous.pop("cross_check_notes", []))
+            previous["notes"] = [n for n in previous.get("notes", []) if n not in stale]
+            check, check_notes = cross_check(previous, run_dir, dest, previous.get(
+                "weights") or {}, json_path, same_grads=same_grads, options=options)
+            previous.update(check, cross_check_notes=check_notes)
+            previous["notes"] += check_notes
+            try:
+                atomic_write_json(json_path, previous)
+            except OSError as e:
+                previous["notes"].append(f"{json_path} not updated: {e}")
         previous["notes"] = [*previous.get("notes", []),
                              f"every requested cell was already computed with these settings "
                              f"and weights: read from {json_path} (--overwrite recomputes)"]
@@ -319,7 +335,6 @@ def attack_run(
                                     f"are only shown")
                 log.warning(write_errors[0])
 
-    same_grads = not has_feedback_path(cfg.rule)
     common = dict(grads=grads, same_grads=same_grads, steps=steps, batch_size=batch_size,
                   device=dev, seed=seed, attack_kwargs=attack_kwargs, progress=progress,
                   previous=previous, on_update=persist, rule=cfg.rule)
@@ -329,11 +344,9 @@ def attack_run(
                             **common)
     else:
         report = sweep_classify(model, attack, eps, queries=queries, preset=preset, **common)
-        options = "".join(f" --{k} {v}" for k, v in (("num-images", max_queries),
-                                                      ("seed", seed)) if v)
         check, check_notes = cross_check(report, run_dir, dest, used, json_path,
                                          same_grads=same_grads, options=options)
-        report.update(check)
+        report.update(check, cross_check_notes=check_notes)
         report["notes"] += check_notes
     persist(report)
     report["notes"] += write_errors

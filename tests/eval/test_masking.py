@@ -210,6 +210,11 @@ def test_square_cross_check_in_a_run_folder(tiny_run, tmp_path):
     assert check["attack"] == "pgd" and check["report"] == alone["path"]
     assert check["eps"] == [0.0, 0.3]
     assert check["square"] == square["accuracy"]["none"][:2]
+    # the same PGD command again reads its cells and now cross-checks the new Square report
+    again = attack_run(run, "pgd", [0.0, 0.3], steps=2, **kw)
+    assert again["square_check"]["report"] == square["path"]
+    assert not any("no Square (gradient-free) report" in n for n in again["notes"])
+    assert json.loads(Path(again["path"]).read_text())["square_check"] == again["square_check"]
     assert check["gradient"] == {"exact": alone["accuracy"]["exact"]}
     assert set(square["masking"]["zero_grad_fraction"]) == {"exact"}
 
