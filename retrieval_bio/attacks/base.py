@@ -87,7 +87,7 @@ class Attack:
         if labels is not None:
             labels = labels.detach().to(self.device)
         progress = ensure(progress)
-        with self._eval_mode():
+        with eval_mode(self.model):
             gen = torch.Generator(device=x.device).manual_seed(self.seed)
             adv = self.forward(x, labels, gen, progress)
         # A final projection guards every subclass's result (a no-op when already in budget).
@@ -154,16 +154,19 @@ class Attack:
         self.n_forward_calls += 1
         return self.model(x)
 
-    @contextlib.contextmanager
-    def _eval_mode(self) -> Iterator[None]:
-        """Eval mode (BatchNorm running stats, no dropout) during the attack; restore after."""
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        try:
-            yield
-        finally:
-            for m, training in modes:
-                m.train(training)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (BatchNorm running stats, no dropout) for the duration, as during an
+    attack; every module's own mode is restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.train(training)
 
 
 def class_indices(labels: torch.Tensor) -> torch.Tensor:

@@ -67,12 +67,11 @@ reports that one column; ``same_computation`` and a note name the others.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -296,39 +295,22 @@ def sweep_classify(
     zeros: dict[str, tuple[float, float]] = {}
 
     def zero_grads(rep: dict[str, Any]) -> dict[str, tuple[float, float]]:
-        """Zero-gradient fractions per reported source, each computed once per sweep."""
-        if attack in GRADIENT_FREE:
-            sources = {"exact": "exact"}
-        else:  # same computation: the first source's numbers serve every column
-            sources = {g: grads[0] if same_grads else g for g in rep["grad"]}
-        for src in dict.fromkeys(sources.values()):
+        """Zero-gradient fractions per reported source (Square: the exact gradient), each
+        computed once per sweep."""
+        for src in ["exact"] if attack in GRADIENT_FREE else rep["grad"]:
             if src not in zeros:
                 zeros[src] = input_gradient_zeros(model, queries, src, batch_size=batch_size,
                                                   device=device)
-        return {g: zeros[src] for g, src in sources.items()}
+        return dict(zeros)
 
     def derive(rep: dict[str, Any]) -> None:
-        computed = grads[:1] if same_grads else rep["grad"]
-        rep["masking"], more = masking_block(rep, labels.shape[1], zero_grads(rep),
-                                             sources=computed)
+        rep["masking"], more = masking_block(rep, labels.shape[1], zero_grads(rep))
         rep["notes"] += more
 
     base = {"attack": attack, "task": "classify", "metric": "accuracy",
             "clean_accuracy": score(clean), "preset": preset, "num_queries": int(len(labels))}
     return _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, progress,
                   attack, score, base, notes, previous, on_update, rule=rule, derive=derive)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the duration (as during an attack); every module's mode restored after."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.train(training)
 
 
 def input_gradient_zeros(
@@ -351,10 +333,11 @@ def input_gradient_zeros(
         0.0)``, both in [0, 1]; ``(0.0, 0.0)`` for an empty dataset.
     """
     from ..attacks import FGSM, class_indices
+    from ..attacks.base import eval_mode
 
     probe = FGSM(model, 0.0, grad=grad)
     zero = total = zero_images = images = 0
-    with _eval_mode(model):
+    with eval_mode(model):
         for x, y, _ in DataLoader(queries, batch_size=batch_size, shuffle=False):
             target = class_indices(y.to(device))
             _, g = probe.input_grad(x.to(device),
@@ -368,8 +351,7 @@ def input_gradient_zeros(
 
 
 def masking_block(
-    report: dict[str, Any], num_classes: int, zeros: dict[str, tuple[float, float]], *,
-    sources: Sequence[str] | None = None,
+    report: dict[str, Any], num_classes: int, zeros: dict[str, tuple[float, float]],
 ) -> tuple[dict[str, Any], list[str]]:
     """The ``masking`` block of a classification report and its warnings.
 
@@ -379,8 +361,6 @@ def masking_block(
         num_classes: C, the labels' width; chance accuracy is 1/C.
         zeros: ``{grad: (fraction of zero gradient entries, fraction of all-zero images)}``
             (:func:`input_gradient_zeros`).
-        sources: the columns that are distinct computations (warnings name only these, so a
-            copied column is not reported twice); default every column.
 
     Returns:
         ``(block, notes)``: the block of the module docstring and plain-sentence warnings:
@@ -399,7 +379,7 @@ def masking_block(
     if max_eps is not None and max_eps < 1.0:
         notes.append(f"largest ε is {max_eps:g} < 1: cannot tell whether accuracy falls to "
                      f"chance; add 1.0 to --eps")
-    shown = list(sources) if sources is not None else list(report["grad"])
+    shown = list(report["grad"])
     gradient_free = report["attack"] in GRADIENT_FREE
     if falls is False:
         for g in shown:
