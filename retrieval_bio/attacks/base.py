@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..losses.cross_entropy import class_indices  # noqa: F401  (the attacks' public name)
 from ..progress import Progress, ensure
 from ..registry import Registry
 
@@ -167,11 +168,6 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for m, training in modes:
             m.train(training)
-
-
-def class_indices(labels: torch.Tensor) -> torch.Tensor:
-    """``(N,)`` int64 class ids from ``(N, C)`` one-hot/multi-hot (argmax) or ``(N,)`` ids."""
-    return labels.argmax(dim=1) if labels.ndim == 2 else labels.long()
 
 
 def resolve_preset(

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..losses.cross_entropy import class_indices
 from ..models.mlp import MLP, shared_masks
 from .base import LEARNERS, Learner, StepContext
 
@@ -100,7 +101,7 @@ class Pepita(Learner):
     ) -> float:
         net, head = _mlp_of(model), model.head
         with torch.no_grad():
-            y = _one_hot(labels, head.out_features).to(images.dtype)
+            y = F.one_hot(class_indices(labels), head.out_features).to(images.dtype)
             x = net.inputs(model.backbone.normalize(images))
             first = net.linears[0]
             with shared_masks(net):
@@ -133,8 +134,3 @@ class Pepita(Learner):
         return {"learner": self.name, "output_error": self.output_error,
                 "f_scale": self.f_scale, "f_shape": list(self.F.shape)}
 
-
-def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """One-hot of the argmax label of ``(N, C)`` multi-hot rows, or of ``(N,)`` ids."""
-    ids = labels.argmax(dim=1) if labels.ndim == 2 else labels.long()
-    return F.one_hot(ids, num_classes)

@@ -10,12 +10,15 @@ import torch.nn.functional as F
 from .registry import LOSSES
 
 
-class MultiHotCrossEntropy(nn.Module):
-    """Softmax cross-entropy (mean over the batch, nats) on the argmax label of each row.
+def class_indices(labels: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` int64 class ids from ``(N, C)`` one-hot/multi-hot rows (the argmax: the first
+    label of a multi-hot row) or from ``(N,)`` ids."""
+    return labels.argmax(dim=1) if labels.ndim == 2 else labels.long()
 
-    ``forward(logits, labels)``: ``logits`` (N, C); ``labels`` (N, C) one-hot/multi-hot
-    (the first label of a multi-hot row is the target) or (N,) integer class ids.
-    """
+
+class ClassificationLoss(nn.Module):
+    """Base of the single-label classification losses: no parameters of their own, labels
+    as multi-hot rows or ids (:func:`class_indices`)."""
 
     def __init__(self, num_classes: int | None = None) -> None:
         super().__init__()
@@ -25,9 +28,16 @@ class MultiHotCrossEntropy(nn.Module):
         """No parameters of its own: an empty list."""
         return []
 
+
+class MultiHotCrossEntropy(ClassificationLoss):
+    """Softmax cross-entropy (mean over the batch, nats) on the argmax label of each row.
+
+    ``forward(logits, labels)``: ``logits`` (N, C); ``labels`` (N, C) one-hot/multi-hot
+    (the first label of a multi-hot row is the target) or (N,) integer class ids.
+    """
+
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        target = labels.argmax(dim=1) if labels.ndim == 2 else labels.long()
-        return F.cross_entropy(logits, target)
+        return F.cross_entropy(logits, class_indices(labels))
 
 
 @LOSSES.register("cross-entropy", help="softmax cross-entropy on the argmax label (classify)")

@@ -9,27 +9,19 @@ whose gradient is plain ``p − y``.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from .cross_entropy import ClassificationLoss, class_indices
 from .registry import LOSSES
 
 
-class MSESoftmaxLoss(nn.Module):
+class MSESoftmaxLoss(ClassificationLoss):
     """``½ Σ_c (softmax(z)_c − y_c)²`` averaged over the batch, ``y`` the one-hot argmax label.
 
     ``forward(logits, labels)``: ``logits`` (N, C); ``labels`` (N, C) one-hot/multi-hot
     (the first label of a multi-hot row is the target) or (N,) integer class ids. The value is
     in squared-probability units, in [0, 1] per row.
     """
-
-    def __init__(self, num_classes: int | None = None) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-
-    def param_groups(self, head_lr: float) -> list[dict]:
-        """No parameters of its own: an empty list."""
-        return []
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if logits.ndim != 2:
@@ -38,8 +30,7 @@ class MSESoftmaxLoss(nn.Module):
         if labels.ndim == 2 and labels.shape != logits.shape:
             raise ValueError(f"labels of shape {tuple(labels.shape)} do not match logits of "
                              f"shape {tuple(logits.shape)}: pass (N, C) one-hot or (N,) ids")
-        target = labels.argmax(dim=1) if labels.ndim == 2 else labels.long()
-        y = F.one_hot(target, num_classes).to(logits.dtype)
+        y = F.one_hot(class_indices(labels), num_classes).to(logits.dtype)
         p = torch.softmax(logits, dim=1)
         return 0.5 * (p - y).square().sum(dim=1).mean()
 
