@@ -170,14 +170,21 @@ class MultiStepSchedule(Schedule):
         return {"name": self.name, "milestones": list(self.milestones), "gamma": self.gamma}
 
 
-class CosineSchedule(Schedule):
-    """Cosine annealing from ``base`` to ``lr_min`` over ``t_max`` epochs, then flat."""
-
-    name = "cosine"
+class _DecaySchedule(Schedule):
+    """A decay from ``base`` to ``lr_min`` over ``t_max`` epochs, then flat."""
 
     def __init__(self, t_max: int, lr_min: float = 0.0) -> None:
         self.t_max = int(t_max)
         self.lr_min = float(lr_min)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "t_max": self.t_max, "lr_min": self.lr_min}
+
+
+class CosineSchedule(_DecaySchedule):
+    """Cosine annealing from ``base`` to ``lr_min`` over ``t_max`` epochs, then flat."""
+
+    name = "cosine"
 
     def lr(self, base_lr: float, epoch: int) -> float:
         _check_epoch(epoch)
@@ -185,25 +192,15 @@ class CosineSchedule(Schedule):
         return self.lr_min + (float(base_lr) - self.lr_min) * (
             1 + math.cos(math.pi * e / self.t_max)) / 2
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "t_max": self.t_max, "lr_min": self.lr_min}
 
-
-class LinearSchedule(Schedule):
+class LinearSchedule(_DecaySchedule):
     """Linear decay from ``base`` at epoch 0 to ``lr_min`` at epoch ``t_max``, then flat."""
 
     name = "linear"
 
-    def __init__(self, t_max: int, lr_min: float = 0.0) -> None:
-        self.t_max = int(t_max)
-        self.lr_min = float(lr_min)
-
     def lr(self, base_lr: float, epoch: int) -> float:
         _check_epoch(epoch)
         return float(base_lr) + (self.lr_min - float(base_lr)) * min(epoch, self.t_max) / self.t_max
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "t_max": self.t_max, "lr_min": self.lr_min}
 
 
 def create_schedule(
