@@ -28,8 +28,6 @@ class ConfigError(ValueError):
 STAGES = ("pretrain", "finetune", "train")
 TASKS = ("classify", "hash")
 SELECTS = ("natural", "adversarial")
-#: the validation / training attack of a run: none or an attack that makes training examples
-ADV_ATTACKS = ("none", "fgsm", "pgd", "hag")
 SCALES = ("norm", "none", "init")
 DEVICES = ("auto", "cpu", "cuda", "mps")  # and "cuda:N" for the N-th GPU
 #: Keys a resumed run may change: they alter neither the math nor the data order of the
@@ -112,7 +110,7 @@ class RunConfig:
         if not re.fullmatch(r"cuda:\d+", self.device):
             _choice("device", self.device, DEVICES + ("cuda:N",))
         from .index import INDEX_KINDS  # late: keep `import config` light
-        from .learners import MIXES, rule_names
+        from .learners import MIXES, TRAINING_ATTACKS, rule_names
         from .losses import LOSSES
         from .train.optim import OPTIMIZERS, SCHEDULES
 
@@ -121,8 +119,10 @@ class RunConfig:
         _choice("loss", self.loss, ("auto", *LOSSES.names()))
         _choice("optimizer", self.optimizer, tuple(OPTIMIZERS.names()))
         _choice("schedule", self.schedule, tuple(SCHEDULES.names()))
-        _choice("adv_train", self.adv_train, ADV_ATTACKS)
-        _choice("val_attack", self.val_attack, ADV_ATTACKS)
+        # none, or an attack that can make training examples (for one task or another)
+        adv_attacks = ("none", *dict.fromkeys(a for v in TRAINING_ATTACKS.values() for a in v))
+        _choice("adv_train", self.adv_train, adv_attacks)
+        _choice("val_attack", self.val_attack, adv_attacks)
         _choice("adv_mix", self.adv_mix, MIXES)
         _choice("select", self.select, SELECTS)
         if self.select == "adversarial" and self.val_attack == "none":

@@ -265,38 +265,37 @@ def train_run(
             f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
             f"--out"
         )
-    # Everything that can fail on a bad option (device, data, backbone, weights) runs before
-    # the folder is written, so a failed start leaves no half-made run behind.
+    # Everything that can fail on a bad option (device, data, backbone, weights, a learner
+    # that cannot drive the model) runs before the folder is written, so a failed start
+    # leaves no half-made run behind.
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     splits = load_splits(cfg)
     model = build_model(cfg, splits, load_weights=not resume)
     objective = build_objective(cfg, splits)
-    learner = build_learner(cfg)
-    learner.check_model(model)
     groups = param_groups(cfg, model, objective)
     optimizer, schedule = build_optimizer(cfg, groups)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / CONFIG)
     eval_splits = load_splits(cfg, augment=False) if cfg.augment else splits
     validate, select = make_validate(cfg, eval_splits, device)
     epoch_hooks = []
     if learners.is_layer_rule(cfg.rule) and cfg.rule != "bp":
         epoch_hooks.append(_diagnostics_hook(splits, objective, device))
-    trainer = Trainer(
+    trainer = Trainer(  # writes nothing until fit()
         model, objective, splits.train, param_groups=groups, optimizer=optimizer,
-        schedule=schedule, learner=learner,
-        epochs=cfg.epochs, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
-        betas=cfg.betas, seed=cfg.seed, device=device, amp=cfg.amp,
+        schedule=schedule, learner=build_learner(cfg), epochs=cfg.epochs,
+        batch_size=cfg.batch_size, seed=cfg.seed, device=device, amp=cfg.amp,
         num_workers=cfg.num_workers, run_dir=run_dir, validate=validate, select_metric=select,
         step_hooks=step_hooks, epoch_hooks=epoch_hooks, progress=progress,
         divergence_factor=cfg.divergence_factor,
         history_hooks=[_curve_hook(cfg, run_dir, select)],
         chance_level=1.0 / splits.num_classes if cfg.task == "classify" else None,
     )
+    learner = trainer.learner
     # after every real parameter update (not one that AMP's scaler skipped): brSF redraws
     # M, every rule drops its cached B
     rules.attach(trainer.optimizer, model)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / CONFIG)
     try:
         state = trainer.fit(resume=resume)
     except DatasetError as e:
