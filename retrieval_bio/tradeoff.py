@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -177,13 +177,7 @@ def parse_grid(
 ) -> TradeoffGrid:
     """A :class:`TradeoffGrid` from the mapping of a grid file; ``base`` paths are relative
     to ``base_dir`` (the grid file's folder), ``out`` to the working directory."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"a grid must be a mapping of {', '.join(GRID_KEYS)}; got "
-                          f"{type(data).__name__}")
-    unknown = sorted(set(data) - set(GRID_KEYS), key=str)
-    if unknown:
-        raise ConfigError(f"unknown grid key(s) {', '.join(map(repr, unknown))}; valid keys: "
-                          f"{', '.join(GRID_KEYS)}")
+    _check_mapping(data, "a grid", "grid", GRID_KEYS, type(data).__name__)
     if "base" not in data:
         raise ConfigError("base is missing: give a run config file (path relative to the grid "
                           "file) or a mapping of RunConfig keys")
@@ -329,18 +323,22 @@ def _overrides(value: Any, rules: list[str], lr_keys: list[str]) -> dict[str, di
     return out
 
 
+def _check_mapping(value: Any, what: str, kind: str, keys: Sequence[str], shown: str) -> None:
+    """``value`` is a mapping whose keys are all in ``keys`` (else the error names them)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} must be a mapping of {', '.join(keys)}; got {shown}")
+    unknown = sorted(set(value) - set(keys), key=str)
+    if unknown:
+        raise ConfigError(f"unknown {kind} key(s) {', '.join(map(repr, unknown))}; valid keys: "
+                          f"{', '.join(keys)}")
+
+
 def _attack(value: Any) -> AttackSpec:
     from .eval.robustness import DEFAULT_BATCH, attack_task
     from .workflows import check_attack_options
 
     value = {} if value is None else value
-    if not isinstance(value, dict):
-        raise ConfigError(f"attack must be a mapping of {', '.join(ATTACK_KEYS)}; got "
-                          f"{value!r}")
-    unknown = sorted(set(value) - set(ATTACK_KEYS), key=str)
-    if unknown:
-        raise ConfigError(f"unknown attack key(s) {', '.join(map(repr, unknown))}; valid keys: "
-                          f"{', '.join(ATTACK_KEYS)}")
+    _check_mapping(value, "attack", "attack", ATTACK_KEYS, repr(value))
     name = value.get("name", PAPER_ATTACK["name"])
     if not isinstance(name, str):
         raise ConfigError(f"attack.name must be an attack name, got {name!r}")
