@@ -125,12 +125,7 @@ class Attack:
 
     def gradient_source(self) -> contextlib.AbstractContextManager:
         """Context under which forward *and* backward run: exact (through W) or the model's."""
-        if self.grad == "model":
-            return contextlib.nullcontext()
-        # Imported lazily: rules is a sibling subpackage attacks must not need at import time.
-        from ..rules import exact_gradients
-
-        return exact_gradients(self.model)
+        return gradient_mode(self.model, self.grad)
 
     def input_grad(
         self, x: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -155,6 +150,32 @@ class Attack:
         self.n_forward_calls += 1
         return self.model(x)
 
+
+
+@contextlib.contextmanager
+def gradient_mode(model: nn.Module, source: str) -> Iterator[None]:
+    """Forward and backward of ``model`` under gradient source ``source`` for the duration.
+
+    ``"exact"`` makes every feedback layer back-propagate through W
+    (:func:`retrieval_bio.rules.exact_gradients`); ``"model"`` leaves the model's own
+    backward. Any submodule with a ``gradient_mode(source)`` context manager is entered too:
+    that is how a model whose forward is a computation an attacker cannot differentiate as is
+    (an energy-based net's relaxation, :class:`retrieval_bio.models.ep.EPConvNet`) says what
+    each source differentiates.
+    """
+    if source not in GRAD_SOURCES:
+        raise ValueError(f"grad must be one of {GRAD_SOURCES}, got {source!r}")
+    with contextlib.ExitStack() as stack:
+        if source == "exact":
+            # Imported lazily: rules is a sibling subpackage attacks must not need at import.
+            from ..rules import exact_gradients
+
+            stack.enter_context(exact_gradients(model))
+        for m in model.modules():
+            hook = getattr(m, "gradient_mode", None)
+            if callable(hook):
+                stack.enter_context(hook(source))
+        yield
 
 
 @contextlib.contextmanager
