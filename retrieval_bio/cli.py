@@ -133,7 +133,7 @@ RUN_OPTIONS: list[tuple[str, Any, Any, tuple[str, ...]]] = [
     ("task", str | None, _opt("--task", help="classify | hash (HyP² hash head)."),
      NOT_PRETRAIN),
     ("rule", str | None, _opt("--rule", help="Learning rule: bp | fa | usf | frsf | brsf "
-                              "(layer rules) | pepita (see 'retrieval-bio list learners')."),
+                              "(layer rules) | pepita | ep (see 'retrieval-bio list learners')."),
      NOT_PRETRAIN),
     ("scale", str | None, _opt("--scale", help="Feedback scale: norm (default, |B|=|W| per "
                                "layer) | none | init (BioTorch's)."), ("finetune",)),
@@ -190,6 +190,17 @@ RUN_OPTIONS: list[tuple[str, Any, Any, tuple[str, ...]]] = [
      ANY),
     ("lr_min", float | None, _opt("--lr-min", help="cosine floor / linear end rate."),
      ANY),
+    ("layer_lrs", str | None, _opt("--layer-lrs", help="Per-layer learning rates of the "
+                                   "backbone's layers in order, e.g. 0.25,0.15,0.1,0.08 "
+                                   "(seed 002); the head keeps --lr-head."), ANY),
+    ("beta", float | None, _opt("--beta", help="EP nudging strength β (ep-* backbones; "
+                                "default: the preset's)."), ANY),
+    ("t_free", int | None, _opt("--t-free", help="EP free-phase steps per training step."),
+     ANY),
+    ("t_nudge", int | None, _opt("--t-nudge", help="EP steps of each nudged phase."), ANY),
+    ("t_eval", int | None, _opt("--t-eval", help="EP relaxation steps of a prediction."), ANY),
+    ("t_attack", int | None, _opt("--t-attack", help="EP steps of the unroll attacks "
+                                  "differentiate (the run's default)."), ANY),
     ("adv_train", str | None, _opt("--adv-train", help="Adversarial training: none | fgsm | "
                                    "pgd (classify) | hag (hash); exact gradients."),
      ANY),
@@ -317,6 +328,7 @@ def _train(stage: str, **given: Any) -> None:
     given["model_options"] = _data_options(given.get("model_options"), "--model-opt")
     given["betas"] = _betas(given.get("betas"))
     given["milestones"] = _int_list(given.get("milestones"), "--milestones")
+    given["layer_lrs"] = _float_list(given.get("layer_lrs"), "--layer-lrs")
     if stage == "pretrain":
         given["task"] = "classify"
     out = given.get("out")

@@ -74,6 +74,14 @@ class RunConfig:
     gamma: float = 0.1  # multistep factor
     t_max: int | None = None  # cosine / linear length in epochs (None: epochs)
     lr_min: float = 0.0  # cosine floor / linear end (absolute)
+    layer_lrs: list[float] = field(default_factory=list)  # per backbone layer; []: lr_backbone
+    # energy-based (ep-*) backbones' dynamics; None: the backbone preset's (seed 002 CIFAR:
+    # 250 / 30 / 250 / 70 steps, β 0.5 for CIFAR-10 and 1.0 for CIFAR-100)
+    beta: float | None = None  # nudging strength β of EP
+    t_free: int | None = None  # free-phase steps of a training step
+    t_nudge: int | None = None  # steps of each nudged phase
+    t_eval: int | None = None  # steps of a prediction (and of an attack's scoring)
+    t_attack: int | None = None  # steps of the unroll an attack differentiates
     adv_train: str = "none"  # none | fgsm | pgd (classify) | hag (hash)
     val_attack: str = "none"  # attack of validation (val_adv_accuracy / val_adv_map)
     adv_eps: float = 0.3
@@ -145,6 +153,12 @@ class RunConfig:
                 set(self.milestones)):
             raise ConfigError(f"milestones must be increasing epochs >= 1, got "
                               f"{self.milestones}")
+        if any(lr < 0 for lr in self.layer_lrs):
+            raise ConfigError(f"layer_lrs must be >= 0, got {self.layer_lrs}")
+        for name in DYNAMICS:
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be > 0, got {value!r}")
         if self.schedule == "multistep" and not self.milestones:
             raise ConfigError("schedule: multistep needs milestones, e.g. --milestones 60,90")
         for f in fields(self):
@@ -175,6 +189,7 @@ class RunConfig:
         d = asdict(self)
         d["betas"] = list(self.betas)
         d["milestones"] = list(self.milestones)
+        d["layer_lrs"] = list(self.layer_lrs)
         return d
 
     def save(self, path: str | Path) -> None:
@@ -234,6 +249,10 @@ class RunConfig:
         """A copy with ``overrides`` applied (``None`` values are ignored: flag not given)."""
         given = {k: v for k, v in overrides.items() if v is not None}
         return RunConfig.from_dict({**self.to_dict(), **given})
+
+
+#: the dynamics settings of energy-based backbones (passed to them as backbone options)
+DYNAMICS = ("beta", "t_free", "t_nudge", "t_eval", "t_attack")
 
 
 def stage_defaults(stage: str) -> dict[str, Any]:
@@ -408,6 +427,6 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
 
 
 __all__ = [
-    "RESUME_SAFE", "ConfigError", "RunConfig", "build_config", "resume_config",
+    "DYNAMICS", "RESUME_SAFE", "ConfigError", "RunConfig", "build_config", "resume_config",
     "stage_defaults",
 ]

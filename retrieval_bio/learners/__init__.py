@@ -38,6 +38,7 @@ import torch.nn as nn
 from .adversarial import MIXES, TRAINING_ATTACKS, AdversarialTraining, build_attack
 from .autograd import Autograd
 from .base import LEARNERS, Learner, StepContext
+from .ep import EquilibriumPropagation
 from .pepita import Pepita
 
 #: the learner that trains the layer rules
@@ -119,6 +120,7 @@ def prepare_model(model: nn.Module, rule: str, *, scale: str = "norm", seed: int
 
 __all__ = [
     "LAYER_RULE_LEARNER", "LEARNERS", "MIXES", "TRAINING_ATTACKS", "AdversarialTraining",
-    "Autograd", "Learner", "Pepita", "StepContext", "build_attack", "create_learner",
+    "Autograd", "EquilibriumPropagation", "Learner", "Pepita", "StepContext", "build_attack",
+    "create_learner",
     "is_layer_rule", "learner_options", "prepare_model", "rule_names",
 ]

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import Registry
+from .ep import EP_PRESETS, ConvPoolNet, EPConvNet
 from .mlp import MLP, he_uniform_
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -169,6 +170,57 @@ def mlp(weights: str | None, *, image_size: int = 28, hidden: Sequence[int] = (1
     # no mean/std normalisation: PEPITA's input is the raw [0, 1] image (seed 000 §3.1)
     return BackboneSpec(net, net.linears[-1].out_features, mean=(0.0,) * 3, std=(1.0,) * 3,
                         head_init=he_uniform_, head_bias=output_bias)
+
+
+def _ep_backbone(preset: str) -> Callable[..., BackboneSpec]:
+    p = EP_PRESETS[preset]
+
+    def make(weights: str | None, *, image_size: int = p["image_size"],
+             channels: Sequence[int] = p["channels"], paddings: Sequence[int] = p["paddings"],
+             pools: Sequence[bool] = p["pools"], t_free: int = p["t_free"],
+             t_nudge: int = p["t_nudge"], t_eval: int = p["t_eval"],
+             t_attack: int = p["t_attack"], beta: float = p["beta"]) -> BackboneSpec:
+        if weights == "imagenet":
+            raise WeightsNotFoundError(f"ep-{preset} has no ImageNet weights; train it instead")
+        net = EPConvNet(3, channels, paddings, pools, image_size=image_size, t_free=t_free,
+                        t_nudge=t_nudge, t_eval=t_eval, t_attack=t_attack, beta=beta)
+        return BackboneSpec(net, net.num_features, mean=p["mean"], std=p["std"])
+
+    make.__doc__ = (f"Equilibrium-Propagation ConvNet, seed 002's {preset} preset "
+                    f"(retrieval_bio.models.ep); train it with rule 'ep'")
+    return make
+
+
+def _convpool_backbone(preset: str) -> Callable[..., BackboneSpec]:
+    p = EP_PRESETS[preset]
+
+    def make(weights: str | None, *, image_size: int = p["image_size"],
+             channels: Sequence[int] = p["channels"], paddings: Sequence[int] = p["paddings"],
+             pools: Sequence[bool] = p["pools"]) -> BackboneSpec:
+        if weights == "imagenet":
+            raise WeightsNotFoundError(f"cnn-{preset} has no ImageNet weights; train it instead")
+        # the EP net's state shapes are the feature-map shapes of this net too
+        shapes = EPConvNet(3, channels, paddings, pools, image_size=image_size).shapes
+        c, h, w = shapes[-1]
+        return BackboneSpec(ConvPoolNet(3, channels, paddings, pools), c * h * w,
+                            mean=p["mean"], std=p["std"])
+
+    make.__doc__ = (f"seed 002's BP-CNN baseline: the topology of ep-{preset} with BatchNorm "
+                    f"and ReLU, trained by backprop")
+    return make
+
+
+for _preset in EP_PRESETS:
+    BACKBONES.register(f"ep-{_preset}", own_gradient=True)(_ep_backbone(_preset))
+    BACKBONES.register(f"cnn-{_preset}")(_convpool_backbone(_preset))
+
+
+def has_own_gradient(backbone: str) -> bool:
+    """Whether ``backbone``'s forward is a computation with an input-gradient estimate of its
+    own (an EP net's relaxation: ``grad="model"`` is EP's estimate, ``grad="exact"``
+    backprop through the unrolled dynamics), so the two gradient sources differ even when
+    the rule has no feedback path."""
+    return backbone in BACKBONES and bool(BACKBONES.meta(backbone).get("own_gradient"))
 
 
 def _timm_spec(model_name: str, weights: str | None) -> BackboneSpec:

@@ -22,14 +22,14 @@ import torch
 import torch.nn as nn
 
 from .. import datasets, learners, rules
-from ..config import ConfigError, RunConfig
+from ..config import DYNAMICS, ConfigError, RunConfig
 from ..datasets import DatasetError, DatasetSplits
 from ..eval import map_at_k
 from ..eval.encode import accuracy, encode
 from ..eval.report import is_evaluation_key
 from ..index import HammingIndex, sign_codes
 from ..losses import LOSSES
-from ..models import BackboneOptionError, TaskModel, create_model
+from ..models import BackboneOptionError, TaskModel, backbone_options, create_model
 from ..progress import Progress
 from ..runs import (
     BEST,
@@ -102,11 +102,23 @@ def task_model(cfg: RunConfig, num_classes: int, weights: str | None = None) -> 
     Raises:
         ConfigError: a ``model_options`` key the backbone does not take, or a bad value.
     """
+    dynamics = {k: getattr(cfg, k) for k in DYNAMICS if getattr(cfg, k) is not None}
+    if dynamics:
+        takes = backbone_options(cfg.backbone)
+        foreign = [k for k in dynamics if k not in takes]
+        if foreign:
+            raise ConfigError(
+                f"{', '.join(foreign)}: dynamics settings of energy-based backbones (ep-small, "
+                f"ep-cifar10, ep-cifar100); backbone {cfg.backbone!r} has no relaxation. Drop "
+                f"them or use an ep-* backbone")
     try:
         return create_model(cfg.backbone, cfg.task, num_classes=num_classes, bits=cfg.bits,
-                            weights=weights, image_size=cfg.image_size, **cfg.model_options)
+                            weights=weights, image_size=cfg.image_size,
+                            **{**cfg.model_options, **dynamics})
     except BackboneOptionError as e:
         raise ConfigError(f"model_options: {e}") from e
+    except ValueError as e:  # a bad value of an option, e.g. an image too small for the net
+        raise ConfigError(f"backbone {cfg.backbone!r}: {e}") from e
 
 
 def load_init(model: TaskModel, init: str | Path) -> None:
@@ -157,11 +169,31 @@ def build_objective(cfg: RunConfig, splits: DatasetSplits) -> nn.Module:
 def param_groups(cfg: RunConfig, model: TaskModel, objective: nn.Module) -> list[dict]:
     """Backbone at ``lr_backbone``, the new head at ``lr_head``, loss parameters as the loss
     asks (HyP² proxies: head rate x ``proxy_lr_mult``)."""
+    if cfg.layer_lrs:
+        layers = parameter_layers(model.backbone)
+        if len(layers) != len(cfg.layer_lrs):
+            raise ConfigError(
+                f"layer_lrs has {len(cfg.layer_lrs)} rates but backbone {cfg.backbone!r} has "
+                f"{len(layers)} layers with parameters ({', '.join(n for n, _ in layers)}); "
+                f"give one rate per layer, in that order")
+        backbone = [{"params": list(m.parameters()), "lr": lr, "name": f"backbone.{n}"}
+                    for (n, m), lr in zip(layers, cfg.layer_lrs, strict=True)]
+    else:
+        backbone = [{"params": list(model.backbone.parameters()), "lr": cfg.lr_backbone,
+                     "name": "backbone"}]
     return [
-        {"params": list(model.backbone.parameters()), "lr": cfg.lr_backbone, "name": "backbone"},
+        *backbone,
         {"params": list(model.head.parameters()), "lr": cfg.lr_head, "name": "head"},
         *objective.param_groups(cfg.lr_head),
     ]
+
+
+def parameter_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules of ``module`` that hold parameters of their own, in registration order
+    (an EP net's convs, an MLP's linears, a CNN's convs and BatchNorms): the layers that
+    ``layer_lrs`` gives one rate each."""
+    return [(n, m) for n, m in module.named_modules()
+            if any(True for _ in m.parameters(recurse=False))]
 
 
 def make_validate(cfg: RunConfig, splits: DatasetSplits, device: torch.device):
