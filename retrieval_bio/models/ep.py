@@ -232,6 +232,20 @@ class EPConvNet(nn.Module):
                 f"beta={self.beta:g}")
 
 
+def set_attack_steps(model: nn.Module, steps: int | None) -> dict[str, int]:
+    """Set ``t_attack`` of every :class:`EPConvNet` in ``model`` (``None``: keep theirs).
+
+    Returns:
+        ``{"t_attack": ..., "t_eval": ...}`` of the (first) EP net, for a report's
+        provenance; ``{}`` for a model without one.
+    """
+    nets = [m for m in model.modules() if isinstance(m, EPConvNet)]
+    for net in nets:
+        if steps is not None:
+            net.t_attack = int(steps)
+    return {"t_attack": nets[0].t_attack, "t_eval": nets[0].t_eval} if nets else {}
+
+
 class _EquilibriumInputGradient(torch.autograd.Function):
     """Forward: ``t_attack`` free steps (no graph). Backward: EP's estimate of the
     vector–Jacobian product ``gᵀ ∂s^L/∂x`` for the incoming gradient g = ∂L/∂s^L.

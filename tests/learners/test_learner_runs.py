@@ -69,7 +69,16 @@ def test_a_pepita_run_reopens_with_its_model(runs):
     (["--select", "adversarial"], "needs a val_attack"),
     (["--adv-train", "square"], "adv_train='square' is not valid"),
     (["--adv-train", "hag", "--backbone", "mlp"], "adv_train 'hag' cannot train a classify"),
-    (["--rule", "ep"], "rule='ep' is not valid; choose one of bp, fa, usf, frsf, brsf, pepita"),
+    (["--rule", "krotov"],
+     "rule='krotov' is not valid; choose one of bp, fa, usf, frsf, brsf, ep, pepita"),
+    (["--rule", "ep", "--backbone", "small-cnn"],
+     "rule 'ep' cannot train backbone 'small-cnn'.*use --backbone ep-small"),
+    (["--backbone", "small-cnn", "--t-eval", "5"], "t_eval: dynamics settings of energy-based"),
+    (["--backbone", "ep-small", "--rule", "ep", "--layer-lrs", "0.1"],
+     "layer_lrs has 1 rates but backbone 'ep-small' has 2 layers"),
+    (["--backbone", "ep-small", "--rule", "ep", "--learner-opt", "estimator=two"],
+     "estimator must be one of symmetric, one_sided, random_sign"),
+    (["--backbone", "ep-small", "--rule", "ep", "--image-size", "2"], "vanishes at layer"),
 ])
 def test_wrong_combinations_are_one_line_errors(tmp_path, args, message):
     import re
