@@ -573,6 +573,10 @@ def attack_cmd(
     skip_bad: bool | None = SkipBadOpt,
     device: str = DeviceChoice,
     seed: int = typer.Option(0, help="Seed of the attack and of the query subsample."),
+    t_attack: str | None = typer.Option(
+        None, "--t-attack", help="EP (ep-*) runs: relaxation steps the gradient "
+        "differentiates (default: the run's t_attack); a list such as 2,10,30,70 sweeps them "
+        "and plots accuracy against t_attack. Scoring stays at the run's t_eval."),
 ) -> None:
     """Attack a run's model over an ε sweep with each gradient source: adversarial mAP@k
     (hash: adversarial queries vs the clean database, with clean and theory levels) or
@@ -593,12 +597,37 @@ def attack_cmd(
     eps_list = _float_list(eps, "--eps")
     kept = (f"every (source, ε) cell finished before the interrupt is kept in "
             f"{report_dir or run}/attack-{name}-*.json; run the same command again to continue")
+    lengths = _int_list(t_attack, "--t-attack")
+    common = dict(grads=grads, steps=steps, preset=preset, max_queries=num_images,
+                  batch_size=batch_size, device=device, seed=seed, weights=weights,
+                  overwrite=overwrite, out_dir=report_dir, skip_bad=skip_bad,
+                  progress=RichProgress())
     with _guard(kept):
-        report = attack_run(run, name, eps_list, grads=grads, steps=steps, preset=preset,
-                            max_queries=num_images, batch_size=batch_size, device=device,
-                            seed=seed, weights=weights, overwrite=overwrite,
-                            out_dir=report_dir, skip_bad=skip_bad, progress=RichProgress())
+        if lengths is not None and len(lengths) > 1:
+            from .workflows import t_attack_sweep
+
+            sweep = t_attack_sweep(run, name, lengths, eps_list, **common)
+            print_t_attack_sweep(sweep)
+            return
+        report = attack_run(run, name, eps_list, t_attack=lengths[0] if lengths else None,
+                            **common)
     print_attack_report(report)
+
+
+def print_t_attack_sweep(sweep: dict[str, Any]) -> None:
+    """Robust accuracy per (gradient source, ε) against the unroll length."""
+    from .ui import console, print_table
+
+    header = ["grad", "ε"] + [f"t={t}" for t in sweep["t_attack"]]
+    rows = [[g, e, *map(_cell, values)] for g, by_eps in sweep["accuracy"].items()
+            for e, values in by_eps.items()]
+    print_table(f"{sweep['attack']} vs t_attack on {sweep.get('rule')} (scored at t_eval="
+                f"{sweep.get('t_eval')}; clean {_cell(sweep.get('clean_accuracy'))})",
+                header, rows)
+    for note in sweep.get("notes", []):
+        _say(f"note: {note}", err=False)
+    if sweep.get("path"):
+        console.print(f"sweep: {sweep['path']}", markup=False, highlight=False)
 
 
 @app.command()

@@ -48,6 +48,8 @@ from .eval.robustness import (
     sweep_classify,
     sweep_hash,
 )
+from .models.backbones import has_own_gradient
+from .models.ep import set_attack_steps
 from .progress import Progress
 from .rules import has_feedback_path
 from .runs import (
@@ -216,7 +218,8 @@ def attack_run(
     batch_size: int = DEFAULT_BATCH, device: str = "auto", seed: int = 0,
     attack_kwargs: dict[str, Any] | None = None, plot: bool = True,
     weights: str = "best", overwrite: bool = False, out_dir: str | Path | None = None,
-    skip_bad: bool | None = None, progress: Progress | None = None,
+    skip_bad: bool | None = None, t_attack: int | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Attack the trained model of a run folder; write ``attack-<name>-<key>.json`` (and,
     with ``plot``, the ``.png``) into it, after every finished (source, ε) cell.
@@ -246,6 +249,9 @@ def attack_run(
             holds it (a report made from other weights is an error without this).
         out_dir: folder for the report (default ``run_dir``; unwritable: a temp folder,
             noted in the report).
+        t_attack: energy-based (``ep-*``) runs only: steps of the relaxation the gradient
+            sources differentiate (default: the run's ``t_attack``); predictions and the
+            scoring stay at the run's ``t_eval``. Part of the report's settings.
 
     Classification reports carry the ``masking`` block; an FGSM/PGD report is also compared
     with the run's Square reports of the same weights (``square_check``; a note when there is
@@ -271,11 +277,20 @@ def attack_run(
             f"{attack!r} attacks {task} models but {run_dir} is a {cfg.task} run; use "
             f"{' | '.join(HASH_ATTACKS if cfg.task == 'hash' else CLASSIFY_ATTACKS)}"
         )
+    if t_attack is not None:
+        if not has_own_gradient(cfg.backbone):
+            raise ConfigError(f"--t-attack applies to energy-based runs (ep-* backbones); "
+                              f"{run_dir} is a {cfg.backbone} run, whose forward is not a "
+                              f"relaxation")
+        if t_attack < 1:
+            raise ConfigError(f"--t-attack must be >= 1 step, got {t_attack}")
     wpath = run_weights(run_dir, weights)
     settings = {"attack": attack, "steps": steps, "preset": preset, "num_images": max_queries,
                 "seed": int(seed), "batch_size": int(batch_size), "k": cfg.k,
                 "weights": weights if weights in ("best", "last") else str(wpath),
                 "attack_kwargs": attack_kwargs or {}}
+    if t_attack is not None:  # only when given, so reports of other runs keep their keys
+        settings["t_attack"] = int(t_attack)
     key = settings_key(settings)
     notes: list[str] = []
     dest = output_dir(run_dir, out_dir, notes)
@@ -290,7 +305,7 @@ def attack_run(
                 f"{before.get('epoch')}) than {wpath} holds now; pass --overwrite to "
                 f"recompute it")
     effective = [NO_GRAD] if attack in GRADIENT_FREE else list(dict.fromkeys(grads))
-    same_grads = not has_feedback_path(cfg.rule)
+    same_grads = not (has_feedback_path(cfg.rule) or has_own_gradient(cfg.backbone))
     options = "".join(f" --{k} {v}" for k, v in (("num-images", max_queries), ("seed", seed))
                       if v)
     if previous is not None and not missing_cells(previous, effective, eps):
@@ -316,11 +331,13 @@ def attack_run(
     dev = resolve_device(device)
     run = open_run(run_dir, weights=str(wpath), device=dev, skip_bad=skip_bad)
     model, splits, used = run.model, run.splits, run.weights
+    dynamics = set_attack_steps(model, t_attack)
     queries = subsample(splits.query, max_queries, seed)
     provenance = {
         "rule": cfg.rule, "seed": int(seed), "dataset": cfg.dataset, "backbone": cfg.backbone,
         "bits": cfg.bits if task == "hash" else None, "run": str(run_dir), "device": str(dev),
         "settings": settings, "key": key, "weights": used, "path": str(json_path),
+        **dynamics,
     }
     write_errors: list[str] = []
 
@@ -358,6 +375,66 @@ def attack_run(
         except OSError as e:
             report["notes"].append(f"{png_path} not written: {e}")
     return report
+
+
+def t_attack_sweep(
+    run_dir: str | Path, attack: str, t_attack: Sequence[int], eps: Sequence[float] | None = None,
+    *, plot: bool = True, out_dir: str | Path | None = None, **options: Any,
+) -> dict[str, Any]:
+    """Attack an energy-based run once per unroll length in ``t_attack`` (seed 002 Fig. 4b:
+    short unrolls under-attack; the strength saturates once the unroll reaches the
+    relaxation time) and plot robust accuracy against ``t_attack``, one line per (gradient
+    source, ε).
+
+    Each length is an ordinary :func:`attack_run` report (reused and continued like any
+    other); the sweep writes ``attack-<name>-tsweep-<key>.json`` (``key``: the digest of
+    the shared settings and the lengths) and its ``.png``.
+
+    Args:
+        t_attack: unroll lengths (steps >= 1).
+        options: the other :func:`attack_run` arguments (``grads``, ``steps``, ...).
+
+    Returns:
+        ``{"attack", "t_attack", "eps", "grad", "accuracy": {grad: {ε: [acc per t]}},
+        "t_eval", "reports": [paths], "path"}``.
+    """
+    lengths = [int(t) for t in dict.fromkeys(t_attack)]
+    if not lengths:
+        raise ConfigError("--t-attack is empty; give the unroll lengths, e.g. 2,10,30,70")
+    if attack_task(attack) != "classify" or attack in GRADIENT_FREE:
+        raise ConfigError(f"a --t-attack sweep needs a gradient attack on a classifier "
+                          f"(fgsm | pgd), not {attack!r}")
+    reports = [attack_run(run_dir, attack, eps, t_attack=t, plot=plot, out_dir=out_dir,
+                          **options) for t in lengths]
+    first = reports[0]
+    grads, eps_ = first["grad"], first["eps"]
+    acc = {g: {f"{e:g}": [r["accuracy"][g][r["eps"].index(e)] for r in reports]
+               for e in eps_} for g in grads}
+    shared = {k: v for k, v in first["settings"].items() if k != "t_attack"}
+    key = settings_key({**shared, "t_attack": lengths})
+    dest = Path(first["path"]).parent if first.get("path") else Path(run_dir)
+    json_path, png_path = report_paths(dest, attack, f"tsweep-{key}")
+    sweep = {"attack": attack, "t_attack": lengths, "t_eval": first.get("t_eval"),
+             "eps": eps_, "grad": grads, "accuracy": acc, "clean_accuracy":
+             first.get("clean_accuracy"), "rule": first.get("rule"),
+             "reports": [r.get("path") for r in reports], "path": str(json_path), "notes": []}
+    try:
+        atomic_write_json(json_path, sweep)
+    except OSError as e:
+        sweep["notes"].append(f"{json_path} not written: {e}")
+        sweep["path"] = None
+    if plot:
+        series = {f"ε={e} ({g})": (lengths, acc[g][e]) for g in grads for e in acc[g]}
+        styles = {f"ε={e} ({g})": {"linestyle": "-" if g == "exact" else "--", "marker": "o"}
+                  for g in grads for e in acc[g]}
+        try:
+            line_plot(png_path, series, "t_attack (relaxation steps differentiated)",
+                      "robust accuracy", f"{attack.upper()} vs unroll length on "
+                      f"{first.get('rule')} (scored at t_eval={first.get('t_eval')})",
+                      logx=True, styles=styles, xticks=lengths, ylim=(-0.02, 1.02))
+        except OSError as e:
+            sweep["notes"].append(f"{png_path} not written: {e}")
+    return sweep
 
 
 def cross_check(
