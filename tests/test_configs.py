@@ -21,7 +21,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: run configs: every YAML file but the grid specs of `retrieval-bio tradeoff` (configs/tradeoff/,
 #: not RunConfigs; tested with that command)
 ALL = sorted(p for p in CONFIGS.rglob("*.yaml") if p.relative_to(CONFIGS).parts[0] != "tradeoff")
-GENERATED = ("classification", "hashing", "pepita")
+GENERATED = ("classification", "hashing", "pepita", "ep")
 BACKBONE_NAMES = ("alexnet", "vgg16", "resnet18")
 RULE_NAMES = ("bp", "usf", "frsf", "brsf")
 
@@ -81,7 +81,7 @@ def test_committed_grid_is_what_the_script_writes(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     written = module.write(tmp_path)
-    assert len(written) == 36 + 48 + 32 + 4
+    assert len(written) == 36 + 48 + 32 + 4 + 6
     generated = {p.relative_to(tmp_path): p.read_text() for p in written}
     committed = {p.relative_to(CONFIGS): p.read_text()
                  for sub in GENERATED for p in (CONFIGS / sub).rglob("*.yaml")}
@@ -188,3 +188,60 @@ def test_pepita_config_builds_its_model_and_learner(path):
     described = learner.describe()
     assert described["learner"] == ("pepita" if cfg.rule == "pepita" else "autograd")
     assert described.get("adv_train", "none") == cfg.adv_train
+
+
+# -- seed 002: EP ConvNets and the BP-CNN baseline ---------------------------------------------
+EP_FILES = sorted((CONFIGS / "ep").glob("*.yaml"))
+
+
+def test_ep_configs_follow_seed_002():
+    """The settings recorded for seed 002's published seeds (/work/shared/methods/ep.md §1.6,
+    transcribed here, not imported): β 0.5 / 1.0, T 250 / 30 / 250, SGD 0.9, wd 3e-4,
+    per-layer rates 0.25 / 0.15 / 0.10 / 0.08 and 0.05 for the readout, cosine T_max 100 to
+    1e-5 over 120 epochs, batch 128; the BP-CNN: SGD 0.1, x0.3 every 8 epochs, 45 epochs."""
+    cfgs = {p.stem: RunConfig.load(p) for p in EP_FILES}
+    assert set(cfgs) == {"cifar10-ep", "cifar100-ep", "cifar10-bp-cnn", "cifar100-bp-cnn",
+                         "digits-ep-small", "digits-cnn-small"}
+    for dataset, beta in (("cifar10", 0.5), ("cifar100", 1.0)):
+        ep = cfgs[f"{dataset}-ep"]
+        assert (ep.rule, ep.backbone, ep.stage, ep.dataset) == ("ep", f"ep-{dataset}", "train",
+                                                                 dataset)
+        assert (ep.beta, ep.t_free, ep.t_nudge, ep.t_eval, ep.t_attack) == (beta, 250, 30, 250,
+                                                                            70)
+        assert (ep.optimizer, ep.momentum, ep.nesterov, ep.weight_decay) == ("sgd", 0.9, False,
+                                                                           3e-4)
+        assert ep.layer_lrs == [0.25, 0.15, 0.10, 0.08] and ep.lr_head == 0.05
+        assert (ep.schedule, ep.t_max, ep.lr_min, ep.epochs) == ("cosine", 100, 1e-5, 120)
+        assert (ep.batch_size, ep.amp, ep.learner_options) == (128, False,
+                                                               {"estimator": "symmetric"})
+        bp = cfgs[f"{dataset}-bp-cnn"]
+        assert (bp.rule, bp.backbone) == ("bp", f"cnn-{dataset}")
+        assert (bp.lr_backbone, bp.momentum, bp.gamma, bp.epochs, bp.batch_size) == (
+            0.1, 0.9, 0.3, 45, 200)
+        assert bp.milestones == [8, 16, 24, 32, 40]
+    for stem in ("digits-ep-small", "digits-cnn-small"):
+        assert (cfgs[stem].dataset, cfgs[stem].root, cfgs[stem].image_size) == ("digits", None,
+                                                                                16)
+
+
+@pytest.mark.parametrize("path", EP_FILES, ids=[p.stem for p in EP_FILES])
+def test_ep_config_builds_its_model_with_one_rate_per_layer(path):
+    cfg = build_config("train", path)
+    classes = 100 if cfg.dataset == "cifar100" else 10
+    model = task_model(cfg, classes)
+    if cfg.rule == "ep":
+        net = model.backbone.net
+        learners.prepare_model(model, "ep")
+        assert (net.beta, net.t_eval) == (cfg.beta or 0.5, cfg.t_eval or 40)
+        from retrieval_bio.train.pipeline import param_groups
+
+        groups = param_groups(cfg, model, build_learner(cfg) and _objective(cfg, classes))
+        assert [g["lr"] for g in groups] == [*cfg.layer_lrs, cfg.lr_head]
+    assert model.head.in_features == (512 if cfg.dataset == "cifar10" else
+                                      1024 if cfg.dataset == "cifar100" else 512)
+
+
+def _objective(cfg, classes):
+    from retrieval_bio.losses import create_loss
+
+    return create_loss("cross-entropy", num_classes=classes)
