@@ -135,19 +135,22 @@ class EPConvNet(nn.Module):
 
     # -- Φ and the dynamics ------------------------------------------------------------
 
-    def _drives(self, x: torch.Tensor, states: Sequence[torch.Tensor]):
-        """Bottom-up drives P(wₙ ⋆ sⁿ⁻¹ + bₙ), the pool indices and the pre-pool sizes."""
-        drives, indices, sizes = [], [], []
-        for conv, pool, inp in zip(self.convs, self.pools, [x, *states[:-1]], strict=True):
-            a = conv(inp)
-            if pool:
-                d, i = F.max_pool2d(a, 2, 2, return_indices=True)
-            else:
-                d, i = a, None
-            drives.append(d)
-            indices.append(i)
-            sizes.append(a.shape[-2:])
-        return drives, indices, sizes
+    def _drive(self, n: int, inp: torch.Tensor):
+        """Layer ``n``'s bottom-up drive P(wₙ ⋆ inp + bₙ), its pool indices (``None``
+        without pool) and the pre-pool size."""
+        a = self.convs[n](inp)
+        if self.pools[n]:
+            d, i = F.max_pool2d(a, 2, 2, return_indices=True)
+            return d, i, a.shape[-2:]
+        return a, None, a.shape[-2:]
+
+    def _drives(self, x: torch.Tensor, states: Sequence[torch.Tensor], first=None):
+        """Bottom-up drives of every layer, their pool indices and the pre-pool sizes;
+        ``first``: layer 1's, when already known (it depends on x alone)."""
+        out = [first or self._drive(0, x)]
+        out += [self._drive(n, s) for n, s in enumerate(states[:-1], start=1)]
+        drives, indices, sizes = zip(*out, strict=True)
+        return list(drives), list(indices), list(sizes)
 
     def phi(self, x: torch.Tensor, states: Sequence[torch.Tensor]) -> torch.Tensor:
         """Φ(x, s) per sample, ``(N,)``; ``x`` is the normalised image ``(N, C, H, W)``."""
@@ -155,10 +158,13 @@ class EPConvNet(nn.Module):
         return sum((s * d).flatten(1).sum(1) for s, d in zip(states, drives, strict=True))
 
     def step(self, x: torch.Tensor, states: Sequence[torch.Tensor],
-             nudge: Nudge | None = None) -> list[torch.Tensor]:
+             nudge: Nudge | None = None, *, first=None) -> list[torch.Tensor]:
         """One synchronous step s_{t+1} = σ(∂Φ/∂s_t) (+ the nudge on the last layer), by the
-        explicit equations of the module docstring. Differentiable when grad is enabled."""
-        drives, indices, sizes = self._drives(x, states)
+        explicit equations of the module docstring. Differentiable when grad is enabled.
+
+        ``first``: layer 1's drive ``self._drive(0, x)``, which depends on the image alone;
+        :meth:`relax` computes it once for all its steps."""
+        drives, indices, sizes = self._drives(x, states, first)
         new = []
         last = len(states) - 1
         for n, d in enumerate(drives):
@@ -194,8 +200,9 @@ class EPConvNet(nn.Module):
         ``torch.no_grad()`` for a free or nudged phase.
         """
         s = self.zero_states(x) if states is None else list(states)
+        first = self._drive(0, x) if steps > 0 else None
         for _ in range(int(steps)):
-            s = self.step(x, s, nudge)
+            s = self.step(x, s, nudge, first=first)
         return s
 
     def input_gradient_of_phi(self, x: torch.Tensor,
