@@ -4,7 +4,8 @@
 robustness sweeps); :func:`attack_plot` draws one attack report (mAP or accuracy vs ε, one
 line per gradient source, clean and theory levels dashed); :func:`compare_plot` draws several
 runs' reports of one attack (seed 001 §6.2: exact-gradient lines solid, model-gradient lines
-dashed, one colour per run).
+dashed, one colour per run); :func:`corruption_plot` draws a corruption report as a
+heat map (corruption x severity).
 
 ε = 0 cannot sit on a log axis: when ``logx`` is set and some x is <= 0 the axis becomes
 ``symlog`` with its linear range up to the smallest positive x, so 0 is drawn at the left
@@ -217,6 +218,53 @@ def training_curve_plot(
             ax.set_ylabel(metric)
             ax.grid(True, alpha=0.3)
         fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+    except BaseException:
+        plt.close(fig)
+        raise
+    return save_figure(fig, path)
+
+
+def corruption_plot(path: str | Path, report: Mapping[str, Any]) -> Path:
+    """Heat map of a corruption report (:mod:`retrieval_bio.eval.corruption`): one row per
+    corruption and a ``mean`` row, one column per severity, the accuracy as colour (0 to 1)
+    and written in each cell; cells not computed yet are grey with "–"."""
+    import numpy as np
+
+    names = list(report["corruptions"])
+    sev = list(report["severities"])
+    rows = [list(report["accuracy"][c]) for c in names] + [list(report["mean_by_severity"])]
+    labels = names + ["mean"]
+    values = np.array([[np.nan if v is None else float(v) for v in r] for r in rows])
+    fig, ax = plt.subplots(figsize=(1.1 * len(sev) + 3.4, 0.34 * len(labels) + 1.6), dpi=120)
+    try:
+        cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")  # grey: not computed yet
+        im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0.0, vmax=1.0,
+                       aspect="auto")
+        for i in range(values.shape[0]):
+            for j in range(values.shape[1]):
+                v = values[i, j]
+                text = "–" if np.isnan(v) else f"{v:.2f}"
+                # dark text on the bright (yellow) end of viridis, white elsewhere
+                colour = "0.3" if np.isnan(v) else ("black" if v > 0.6 else "white")
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color=colour,
+                        fontweight="bold" if i == len(names) else "normal")
+        ax.axhline(len(names) - 0.5, color="white", linewidth=2)  # set the mean row apart
+        ax.set_xticks(range(len(sev)))
+        ax.set_xticklabels([str(s) for s in sev], fontsize=8)
+        ax.set_yticks(range(len(labels)))
+        ax.set_yticklabels(labels, fontsize=7)
+        ax.set_xlabel("severity")
+        clean = report.get("clean_accuracy")
+        mean = report.get("mean")
+        extra = ", ".join(t for t in (
+            f"clean {clean:.3f}" if clean is not None else "",
+            f"mean {mean:.3f}" if mean is not None else "") if t)
+        ax.set_title(f"Accuracy under corruptions ({report.get('source', '?')}): "
+                     f"{report.get('rule', '?')}, {report.get('backbone', '?')} on "
+                     f"{report.get('dataset', '?')}" + (f"\n{extra}" if extra else ""),
+                     fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02).set_label("accuracy", fontsize=8)
         fig.tight_layout()
     except BaseException:
         plt.close(fig)
