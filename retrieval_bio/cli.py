@@ -521,12 +521,19 @@ def print_attack_report(report: dict[str, Any]) -> None:
 
     header, rows = report_rows(report)
     k = f", k={report['k']}" if report.get("k") is not None else ""
-    budget = (f"{report['steps']} model queries/image" if report["attack"] == "square"
-              else f"{report['steps']} step(s)")
+    if report["attack"] == "square":
+        budget = f"{report['steps']} model queries/image"
+    elif report["attack"] == "auto":
+        budget = (f"APGD-CE + APGD-T {report['steps']} step(s), Square "
+                  f"{report.get('queries_per_image')} queries/image")
+    else:
+        budget = f"{report['steps']} step(s)"
     w = report.get("weights") or {}
     used = f", {w.get('file')} epoch {w.get('epoch')}" if w else ""
-    print_table(f"{report['attack']} on {report.get('rule', '?')} ({report['num_queries']} "
-                f"queries, {budget}{k}{used})", header, [[_cell(v) for v in r] for r in rows])
+    norm = "L2" if report.get("norm") == "l2" else "L∞"
+    print_table(f"{report['attack']} ({norm}) on {report.get('rule', '?')} "
+                f"({report['num_queries']} queries, {budget}{k}{used})", header,
+                [[_cell(v) for v in r] for r in rows])
     if not report.get("complete", True):
         _say("note: some cells are empty (an interrupted sweep); run the same command again "
              "to compute them")
@@ -541,25 +548,34 @@ def print_attack_report(report: dict[str, Any]) -> None:
 
 @app.command("attack")
 def attack_cmd(
-    name: str = typer.Argument(..., help="hag | sdha (hash runs) | fgsm | pgd | square "
-                               "(classify runs)."),
+    name: str = typer.Argument(..., help="hag | sdha (hash runs) | fgsm | pgd | square | "
+                               "apgd | apgd-t | auto (classify runs; auto = APGD-CE, then "
+                               "APGD-T, then Square, per-image worst case)."),
     run: Path = typer.Argument(..., help="Run folder written by 'finetune'."),
     eps: str | None = typer.Option(
-        None, help="Comma-separated L∞ budgets in [0, 1] pixels (default: hash "
-        "0.001,0.005,0.01,0.05,0.1,0.5; classify 0,0.001,0.005,0.01,0.05,0.1,0.5). Add 1 to "
-        "a classifier sweep for the gradient-masking check (accuracy must fall to chance)."),
+        None, help="Comma-separated budgets in [0, 1] pixels, in --norm: L∞ in [0, 1], L2 "
+        "(over an image's C·H·W entries) any value >= 0 (default: hash "
+        "0.001,0.005,0.01,0.05,0.1,0.5; classify 0,0.001,0.005,0.01,0.05,0.1,0.5; --norm l2: "
+        "seed 002's grid 0, 0.05 ... 3). Add 1 (L∞) or sqrt(C·H·W) (L2) to a classifier "
+        "sweep for the gradient-masking check (accuracy must fall to chance)."),
+    norm: str = typer.Option(
+        "linf", "--norm", help="Threat model: linf (max over pixels) | l2 (Euclidean over "
+        "an image's C·H·W pixels). Classifier attacks only; HAG/SDHA are L∞."),
     steps: int | None = typer.Option(
         None, help="Iterations of an iterative attack (HAG/SDHA default: the preset's, "
-        "paper = 5; PGD 5). Not for square: see --queries-per-image."),
+        "paper = 5; PGD 5; APGD, APGD-T and auto's APGD parts 100). Not for square: see "
+        "--queries-per-image."),
     queries_per_image: int | None = typer.Option(
-        None, "--queries-per-image", help="Square only: model queries per image "
-        "(default 1000)."),
+        None, "--queries-per-image", help="Square's model queries per image (default "
+        "1000), or auto's Square part's (default 5000)."),
     grad: str = typer.Option("exact,model", help="Gradient sources: exact (through W) and/or "
                              "model (the rule's feedback path). Square is gradient-free."),
     preset: str | None = typer.Option(
         None, help="HAG/SDHA preset: paper (5 steps) | reference (ε 8/255, SAAT's steps). PGD "
         "preset: paper (5 steps, step ε/3; the default) | pepita (seed 000: 40 steps, step "
-        "0.1, random start; default --eps 0,0.1,0.2,0.3,0.5,1). --steps wins over a preset."),
+        "0.1, random start; default --eps 0,0.1,0.2,0.3,0.5,1) | ep (seed 002: 20 steps, "
+        "step ε/8, no random start; default --eps 0,1.18/255,2.55/255,5.49/255,8/255,0.1,1). "
+        "--steps wins over a preset."),
     num_images: int | None = typer.Option(
         None, "--num-images", help="Attack a seeded subsample of this many query images "
         "(default: all)."),
@@ -587,13 +603,18 @@ def attack_cmd(
     from .workflows import attack_run
 
     grads = [g.strip() for g in grad.split(",") if g.strip()]
+    attack_kwargs = None
     if name == "square":
         if steps is not None:
             _fail("square is not iterative: give its budget with --queries-per-image, not "
                   "--steps")
         steps = queries_per_image
+    elif name == "auto" and queries_per_image is not None:
+        if queries_per_image < 0:
+            _fail(f"--queries-per-image must be >= 0, got {queries_per_image}")
+        attack_kwargs = {"n_queries": queries_per_image}
     elif queries_per_image is not None:
-        _fail(f"--queries-per-image is Square's budget; {name} takes --steps")
+        _fail(f"--queries-per-image is Square's budget (square, auto); {name} takes --steps")
     eps_list = _float_list(eps, "--eps")
     kept = (f"every (source, ε) cell finished before the interrupt is kept in "
             f"{report_dir or run}/attack-{name}-*.json; run the same command again to continue")
@@ -601,7 +622,7 @@ def attack_cmd(
     common = dict(grads=grads, steps=steps, preset=preset, max_queries=num_images,
                   batch_size=batch_size, device=device, seed=seed, weights=weights,
                   overwrite=overwrite, out_dir=report_dir, skip_bad=skip_bad,
-                  progress=RichProgress())
+                  progress=RichProgress(), norm=norm, attack_kwargs=attack_kwargs)
     with _guard(kept):
         if lengths is not None and len(lengths) > 1:
             from .workflows import t_attack_sweep
@@ -628,6 +649,83 @@ def print_t_attack_sweep(sweep: dict[str, Any]) -> None:
         _say(f"note: {note}", err=False)
     if sweep.get("path"):
         console.print(f"sweep: {sweep['path']}", markup=False, highlight=False)
+
+
+def print_corruption_report(report: dict[str, Any]) -> None:
+    """The table of one corruption report (a row per corruption, the mean row, the clean
+    accuracy), its notes and where it is written."""
+    from .eval.corruption import report_rows
+    from .ui import print_table
+
+    header, rows = report_rows(report)
+    w = report.get("weights") or {}
+    used = f", {w.get('file')} epoch {w.get('epoch')}" if w else ""
+    def fmt(v: object) -> object:
+        return f"{v:.4f}" if isinstance(v, float) else _cell(v)
+
+    print_table(f"accuracy under corruptions ({report['source']}) on {report.get('rule', '?')} "
+                f"({report['num_images']} images per cell, seed {report['seed']}{used})",
+                header, [[fmt(v) for v in r] for r in rows])
+    if not report.get("complete", True):
+        _say("note: some cells are empty (an interrupted sweep); run the same command again "
+             "to compute them")
+    for note in report.get("notes", []):
+        _say(f"note: {note}")
+    if report.get("path"):
+        _say(f"report: {report['path']}", err=False)
+    if report.get("plot"):
+        _say(f"heat map: {report['plot']}", err=False)
+
+
+@app.command("corrupt")
+def corrupt_cmd(
+    run: Path = typer.Argument(..., help="Classification run folder (any learner)."),
+    root: Path | None = typer.Option(
+        None, "--root", help="Folder of the official CIFAR-10-C / CIFAR-100-C arrays "
+        "(<name>.npy + labels.npy). Without it the run's query images are corrupted "
+        "in-process with CIFAR-C's constants (15 corruptions; not motion_blur, snow, frost, "
+        "spatter)."),
+    corruptions: str | None = typer.Option(
+        None, "--corruptions", help="Comma-separated names (default: all available; see "
+        "'retrieval-bio list corruptions')."),
+    severities: str = typer.Option("1,2,3,4,5", "--severities",
+                                   help="Comma-separated severities in 1..5."),
+    num_images: int | None = typer.Option(
+        None, "--num-images", help="Evaluate a seeded subset of this many images per cell "
+        "(default: all)."),
+    seed: int = typer.Option(0, help="Seed of the generated noise and of the subset."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Evaluation batch size."),
+    device: str = DeviceChoice,
+    weights: str = WeightsChoice,
+    overwrite: bool = typer.Option(
+        False, "--overwrite/--no-overwrite", help="Recompute cells that a report with the "
+        "same settings already holds."),
+    out: Path | None = typer.Option(None, "--out", "-o",
+                                    help="Folder for the report (default: the run folder)."),
+) -> None:
+    """Accuracy of a classification run under natural corruptions (CIFAR-10-C style, seed
+    002 §5.1): per corruption x severity, the mean per severity and overall, the clean
+    accuracy. Writes corruption-KEY.json (after every cell) and a heat map
+    corruption-KEY.png into the run, KEY a digest of the settings; the same settings reuse
+    the cells already computed (an interrupted sweep continues)."""
+    from .ui import RichProgress
+    from .workflows import corrupt_run
+
+    names = ([c.strip() for c in corruptions.split(",") if c.strip()]
+             if corruptions is not None else None)
+    try:
+        levels = [int(t) for t in severities.replace(" ", "").split(",") if t]
+    except ValueError:
+        _fail(f"--severities takes whole numbers in 1..5 separated by commas, e.g. 1,3,5; "
+              f"got {severities!r}")
+    kept = (f"every cell finished before the interrupt is kept in "
+            f"{out or run}/corruption-*.json; run the same command again to continue")
+    with _guard(kept):
+        report = corrupt_run(run, root=root, corruptions=names, severities=levels,
+                             seed=seed, max_images=num_images, batch_size=batch_size,
+                             device=device, weights=weights, overwrite=overwrite, out_dir=out,
+                             progress=RichProgress())
+    print_corruption_report(report)
 
 
 @app.command()
@@ -722,13 +820,14 @@ def demo(
 @app.command("list")
 def list_cmd(
     what: str = typer.Argument("all", help="backbones | rules | datasets | losses | attacks "
-                               "| indexes | all."),
+                               "| indexes | corruptions | all."),
 ) -> None:
     """List what is registered (the names --backbone, --rule, --dataset... accept)."""
+    from .datasets.corruptions import CORRUPTIONS, NOT_GENERATED
     from .registry import registries
     from .ui import print_table
 
-    regs = registries()
+    regs = {**registries(), "corruptions": CORRUPTIONS}
     if what != "all" and what not in regs:
         _fail(f"cannot list {what!r}; choose one of: all, {', '.join(regs)}")
     for name, reg in regs.items():
@@ -736,6 +835,9 @@ def list_cmd(
             rows = [(n, reg.help(n)) for n in reg.names()]
             if name == "backbones":
                 rows.append(("timm:<name>", "any timm model, e.g. timm:resnet50"))
+            if name == "corruptions":  # CIFAR-C's others: only from the official arrays
+                rows += [(n, f"official arrays only (--root): {why}")
+                         for n, why in NOT_GENERATED.items()]
             print_table(name, ["name", "description"], rows)
 
 

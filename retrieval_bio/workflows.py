@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .attacks.base import NORMS
 from .config import ConfigError, RunConfig
 from .eval.encode import accuracy, encode
 from .eval.plots import attack_plot, line_plot
@@ -33,6 +34,7 @@ from .eval.report import CODES, is_evaluation_key, load_codes, retrieval_report
 from .eval.robustness import (
     CLASSIFY_ATTACKS,
     DEFAULT_BATCH,
+    GRADIENT_CHECKED,
     GRADIENT_FREE,
     HASH_ATTACKS,
     NO_GRAD,
@@ -170,8 +172,13 @@ def _plot_pr(path: Path, curve: dict[str, list[float]], cfg: RunConfig) -> None:
 def check_attack_options(
     attack: str, eps: Sequence[float] | None, *, grads: Sequence[str], steps: int | None,
     preset: str | None, max_queries: int | None, batch_size: int, seed: int = 0,
+    norm: str = "linf",
 ) -> list[float]:
     """Validate an attack request before anything is loaded; returns the ε list to use.
+
+    L∞ budgets lie in [0, 1] (an L∞ ball of 1 already holds every image in [0, 1]); L2
+    budgets may be any finite ε >= 0 (the ball holding every image has radius sqrt(C·H·W),
+    e.g. 13.86 for 3×8×8). The hashing attacks are L∞ only.
 
     Raises:
         ConfigError: naming the bad option and what it accepts.
@@ -180,6 +187,12 @@ def check_attack_options(
         task = attack_task(attack)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if norm not in NORMS:
+        raise ConfigError(f"--norm must be one of {' | '.join(NORMS)}, got {norm!r}")
+    if norm != "linf" and task == "hash":
+        raise ConfigError(f"--norm {norm}: {attack} is defined for an L∞ budget only (as in "
+                          f"its paper); use --norm linf, or an L2 attack on a classify run "
+                          f"({' | '.join(a for a in CLASSIFY_ATTACKS)})")
     if preset is not None:
         if task != "hash" and attack != "pgd":
             raise ConfigError(f"--preset applies to hashing attacks ({', '.join(HASH_ATTACKS)}) "
@@ -188,13 +201,22 @@ def check_attack_options(
         if preset not in choices:
             raise ConfigError(f"--preset {preset!r} is not a preset of {attack}; choose "
                               f"{' or '.join(choices)}")
-    eps = default_eps(attack, preset) if eps is None else [float(e) for e in eps]
+    eps = default_eps(attack, preset, norm) if eps is None else [float(e) for e in eps]
     if not eps:
         raise ConfigError("--eps is empty; give at least one budget, e.g. --eps 0.01,0.05")
-    bad = [e for e in eps if not (math.isfinite(e) and 0.0 <= e <= 1.0)]
-    if bad:
-        raise ConfigError(f"--eps must lie in [0, 1] (L∞ budget in pixel units, images in "
-                          f"[0, 1]), got {', '.join(f'{e:g}' for e in bad)}")
+    if norm == "l2":
+        bad = [e for e in eps if not (math.isfinite(e) and e >= 0.0)]
+        if bad:
+            raise ConfigError(f"--eps must be finite and >= 0 (L2 budget over an image's "
+                              f"C·H·W pixels in [0, 1]), got {', '.join(f'{e:g}' for e in bad)}")
+    else:
+        bad = [e for e in eps if not (math.isfinite(e) and 0.0 <= e <= 1.0)]
+        if bad:
+            more = (" (an L∞ ball of 1 already holds every image; for L2 budgets pass "
+                    "--norm l2)" if any(math.isfinite(e) and e > 1 for e in bad) else "")
+            raise ConfigError(f"--eps must lie in [0, 1] for --norm linf (L∞ budget in pixel "
+                              f"units, images in [0, 1]), got "
+                              f"{', '.join(f'{e:g}' for e in bad)}{more}")
     if steps is not None and steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {steps}")
     if max_queries is not None and max_queries < 1:
@@ -219,12 +241,13 @@ def attack_run(
     attack_kwargs: dict[str, Any] | None = None, plot: bool = True,
     weights: str = "best", overwrite: bool = False, out_dir: str | Path | None = None,
     skip_bad: bool | None = None, t_attack: int | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, norm: str = "linf",
 ) -> dict[str, Any]:
     """Attack the trained model of a run folder; write ``attack-<name>-<key>.json`` (and,
     with ``plot``, the ``.png``) into it, after every finished (source, ε) cell.
 
-    Hashing runs take ``hag``/``sdha``, classification runs ``fgsm``/``pgd``/``square``. The
+    Hashing runs take ``hag``/``sdha``, classification runs ``fgsm``/``pgd``/``square``/
+    ``apgd``/``apgd-t``/``auto`` (the AutoAttack-style ensemble). The
     queries are the run's query split (``max_queries``: a seeded subsample of that many);
     hashing attacks are scored against the run's database split, encoded afresh with the
     loaded model so that clean and adversarial codes come from the same computation.
@@ -232,14 +255,16 @@ def attack_run(
     Args:
         run_dir: a finished run folder (``config.yaml`` + ``best.pt``).
         attack: attack name.
-        eps: L∞ budgets in [0, 1] pixels; ``None``: :func:`default_eps`.
+        eps: budgets in [0, 1] pixels in ``norm``; ``None``: :func:`default_eps` (for
+            ``norm="l2"`` seed 002's grid :data:`~retrieval_bio.eval.robustness.L2_EPS`).
         grads: gradient sources; for a run without a feedback path (BP, or a learner that is
             not a feedback rule: :func:`retrieval_bio.rules.has_feedback_path`) they coincide
             and are computed once.
         steps, preset: see :func:`sweep_hash` / :func:`sweep_classify`; ``preset`` is for
             hashing attacks (paper | reference) and PGD (paper | pepita; ``pepita``'s default
             ε list is :data:`~retrieval_bio.eval.robustness.PEPITA_EPS`). For Square
-            ``steps`` is its query budget per image.
+            ``steps`` is its query budget per image, for ``apgd``/``apgd-t``/``auto`` the
+            APGD iterations (``auto``'s Square budget: ``attack_kwargs={"n_queries": n}``).
         max_queries: attack only this many query images (seeded by ``seed``).
         batch_size: attack batch size.
         device: ``"auto"`` | ``"cpu"`` | ``"cuda[:N]"`` | ``"mps"``.
@@ -252,12 +277,18 @@ def attack_run(
         t_attack: energy-based (``ep-*``) runs only: steps of the relaxation the gradient
             sources differentiate (default: the run's ``t_attack``); predictions and the
             scoring stay at the run's ``t_eval``. Part of the report's settings.
+        norm: ``"linf"`` (default) or ``"l2"`` (classifier attacks only; L2 budgets are over
+            an image's C·H·W entries and may exceed 1). Part of the report's settings when
+            not ``"linf"``, so L2 and L∞ reports of a run are separate files (and L∞ reports
+            keep the keys they had before the option existed).
 
-    Classification reports carry the ``masking`` block; an FGSM/PGD report is also compared
-    with the run's Square reports of the same weights (``square_check``; a note when there is
-    none), and a Square report with the run's FGSM/PGD reports (``gradient_checks``): a
-    gradient-free attack doing better than a gradient attack is gradient masking
-    (:func:`cross_check`).
+    Classification reports carry the ``masking`` block; an FGSM/PGD/APGD/APGD-T report is
+    also compared with the run's Square reports of the same weights and norm
+    (``square_check``; a note when there is none), and a Square report with the run's
+    gradient-attack reports (``gradient_checks``): a gradient-free attack doing better than a
+    gradient attack is gradient masking (:func:`cross_check`). ``auto`` reports take part in
+    neither: they contain Square, and their ``breakdown`` notes when Square broke images
+    both APGD attacks left.
 
     Returns:
         The report (see :mod:`retrieval_bio.eval.robustness`), as written to ``report["path"]``.
@@ -269,7 +300,8 @@ def attack_run(
     """
     run_dir = Path(run_dir)
     eps = check_attack_options(attack, eps, grads=grads, steps=steps, preset=preset,
-                               max_queries=max_queries, batch_size=batch_size, seed=seed)
+                               max_queries=max_queries, batch_size=batch_size, seed=seed,
+                               norm=norm)
     task = attack_task(attack)
     cfg = load_run_config(run_dir)
     if cfg.task != task:
@@ -291,6 +323,8 @@ def attack_run(
                 "attack_kwargs": attack_kwargs or {}}
     if t_attack is not None:  # only when given, so reports of other runs keep their keys
         settings["t_attack"] = int(t_attack)
+    if norm != "linf":  # likewise: L∞ reports keep the keys they had before --norm existed
+        settings["norm"] = norm
     key = settings_key(settings)
     notes: list[str] = []
     dest = output_dir(run_dir, out_dir, notes)
@@ -306,7 +340,8 @@ def attack_run(
                 f"recompute it")
     effective = [NO_GRAD] if attack in GRADIENT_FREE else list(dict.fromkeys(grads))
     same_grads = not (has_feedback_path(cfg.rule) or has_own_gradient(cfg.backbone))
-    options = "".join(f" --{k} {v}" for k, v in (("num-images", max_queries), ("seed", seed))
+    options = "".join(f" --{k} {v}" for k, v in (("num-images", max_queries), ("seed", seed),
+                                                 ("norm", None if norm == "linf" else norm))
                       if v)
     if previous is not None and not missing_cells(previous, effective, eps):
         if task == "classify":  # the run may have gained reports to cross-check since
@@ -333,6 +368,10 @@ def attack_run(
     model, splits, used = run.model, run.splits, run.weights
     dynamics = set_attack_steps(model, t_attack)
     queries = subsample(splits.query, max_queries, seed)
+    if attack in ("apgd-t", "auto") and len(queries) and queries[0][1].shape[-1] < 4:
+        raise ConfigError(f"{attack} runs APGD-T, whose targeted DLR loss needs at least 4 "
+                          f"classes; {run_dir} has {queries[0][1].shape[-1]}: use apgd (CE or "
+                          f"DLR) or pgd")
     provenance = {
         "rule": cfg.rule, "seed": int(seed), "dataset": cfg.dataset, "backbone": cfg.backbone,
         "bits": cfg.bits if task == "hash" else None, "run": str(run_dir), "device": str(dev),
@@ -360,7 +399,8 @@ def attack_run(
                             train=splits.train, k=retrieval_k(cfg, splits), preset=preset,
                             **common)
     else:
-        report = sweep_classify(model, attack, eps, queries=queries, preset=preset, **common)
+        report = sweep_classify(model, attack, eps, queries=queries, preset=preset, norm=norm,
+                                **common)
         check, check_notes = cross_check(report, run_dir, dest, used, json_path,
                                          same_grads=same_grads, options=options)
         report.update(check, cross_check_notes=check_notes)
@@ -403,7 +443,8 @@ def t_attack_sweep(
         raise ConfigError("--t-attack is empty; give the unroll lengths, e.g. 2,10,30,70")
     if attack_task(attack) != "classify" or attack in GRADIENT_FREE:
         raise ConfigError(f"a --t-attack sweep needs a gradient attack on a classifier "
-                          f"(fgsm | pgd), not {attack!r}")
+                          f"({' | '.join(a for a in CLASSIFY_ATTACKS if a not in GRADIENT_FREE)}"
+                          f"), not {attack!r}")
     reports = [attack_run(run_dir, attack, eps, t_attack=t, plot=plot, out_dir=out_dir,
                           **options) for t in lengths]
     first = reports[0]
@@ -442,7 +483,15 @@ def cross_check(
     json_path: Path, *, same_grads: bool = False, options: str = "",
 ) -> tuple[dict[str, Any], list[str]]:
     """Compare a classification report with the run's reports of the other kind of attack
-    made from the same weights (same ``sha256``): Square for FGSM/PGD, FGSM/PGD for Square.
+    made from the same weights (same ``sha256``) under the same norm (an L2 and an L∞ ε are
+    different budgets): Square for the gradient attacks FGSM/PGD/APGD/APGD-T
+    (:data:`~retrieval_bio.eval.robustness.GRADIENT_CHECKED`), those for Square.
+
+    ``auto`` reports are neither: the ensemble runs Square itself (on what APGD left), so a
+    Square report could never be stronger than it by more than chance, and comparing the two
+    would only compare query budgets; the same check lives inside the auto report (its
+    ``breakdown``: images only Square broke). An auto report gets no cross-check and is
+    not used by others.
 
     Reports are looked for in ``run_dir``, its fallback folder and ``dest``; of several of one
     attack, the one sharing the most ε with ``report`` (then: attacking as many queries) is
@@ -468,7 +517,10 @@ def cross_check(
     from .eval.compare import load_reports
 
     gradient_free = report["attack"] in GRADIENT_FREE
-    wanted = ("fgsm", "pgd") if gradient_free else ("square",)
+    if not gradient_free and report["attack"] not in GRADIENT_CHECKED:
+        return {}, []
+    wanted = GRADIENT_CHECKED if gradient_free else ("square",)
+    norm = report.get("norm", "linf")  # reports from before the norm key are L∞
     digest = weights.get("sha256")
     found: dict[str, tuple[tuple[int, bool], dict[str, Any]]] = {}
     folders = [run_dir] if dest.resolve() == run_dir.resolve() else [run_dir, dest]
@@ -477,7 +529,7 @@ def cross_check(
         for other in load_reports(folder):
             same_file = Path(other["path"]).resolve() == json_path.resolve()
             if (other.get("attack") not in wanted or other.get("task") != "classify"
-                    or same_file or not digest
+                    or same_file or not digest or other.get("norm", "linf") != norm
                     or (other.get("weights") or {}).get("sha256") != digest):
                 continue
             rank = (len(eps & {float(e) for e in other.get("eps", [])}),
@@ -512,3 +564,229 @@ def cross_check(
     if not checks:
         return {}, notes
     return ({"gradient_checks": checks} if gradient_free else {"square_check": checks[0]}), notes
+
+
+# -- natural corruptions --------------------------------------------------------------------
+
+
+def corrupt_run(
+    run_dir: str | Path, *, root: str | Path | None = None,
+    corruptions: Sequence[str] | None = None, severities: Sequence[int] = (1, 2, 3, 4, 5),
+    seed: int = 0, max_images: int | None = None, batch_size: int = DEFAULT_BATCH,
+    device: str = "auto", weights: str = "best", overwrite: bool = False,
+    out_dir: str | Path | None = None, progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Accuracy of a classification run under natural corruptions (seed 002 §5.1); writes
+    ``corruption-<key>.json`` after every (corruption, severity) cell and the heat map
+    ``corruption-<key>.png`` at the end.
+
+    Works for every classification run of every learner (the model maps images in [0, 1] to
+    logits). With ``root``: the official CIFAR-10-C / CIFAR-100-C arrays in that folder
+    (:class:`~retrieval_bio.datasets.corruptions.CifarC`; every corruption found, or
+    ``corruptions``), resized to the run's ``image_size`` through its evaluation transform
+    when that is not 32 (noted); the clean accuracy is the run's query split's (the same
+    seeded subset), or null when its dataset cannot be loaded. Without ``root``: the run's
+    query split corrupted in-process (CIFAR-C's constants; not ``motion_blur``, ``snow``,
+    ``frost``, ``spatter``).
+
+    Args:
+        run_dir: a finished classification run folder (``config.yaml`` + ``best.pt``).
+        root: folder of the official arrays (``<name>.npy`` + ``labels.npy``).
+        corruptions: names (default: all available).
+        severities: subset of 1..5.
+        seed: seed of the generated noise and of the ``max_images`` subset.
+        max_images: evaluate a seeded subset of this many images per cell (of the 10,000
+            per severity, or of the query split).
+        batch_size: evaluation batch size (the numbers do not depend on it).
+        device: ``"auto"`` | ``"cpu"`` | ``"cuda[:N]"`` | ``"mps"``.
+        weights: ``"best"`` (default) | ``"last"`` | a checkpoint file.
+        overwrite: recompute every requested cell even if a report of the same settings
+            holds it (a report made from other weights is an error without this).
+        out_dir: folder for the report (default ``run_dir``; unwritable: a temp folder,
+            noted in the report).
+
+    Returns:
+        The report (schema: :mod:`retrieval_bio.eval.corruption`), as written to
+        ``report["path"]``; ``report["plot"]`` is the PNG (or null if it was not written).
+
+    Raises:
+        ConfigError: a bad option, a hashing run, labels that do not fit the model, or a
+            report of these settings computed from other weights (without ``overwrite``).
+        DatasetError: a missing or malformed CIFAR-C folder (the file and the fix named).
+        RunFolderError: missing or damaged run files.
+    """
+    from .datasets import DatasetError
+    from .datasets.corruptions import (
+        CIFAR_C_SIZE,
+        CORRUPTIONS,
+        CifarC,
+        check_generated,
+        corruption_order,
+    )
+    from .eval.corruption import check_severities, corruption_sweep, summarise
+    from .eval.plots import corruption_plot
+    from .eval.robustness import settings_key as digest
+
+    run_dir = Path(run_dir)
+    try:
+        sev = check_severities(severities)
+    except ValueError as e:
+        raise ConfigError(f"--severities: {e}") from None
+    if seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {seed}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if max_images is not None and max_images < 1:
+        raise ConfigError(f"--num-images must be >= 1, got {max_images}")
+    if corruptions is not None:
+        corruptions = list(dict.fromkeys(corruptions))
+        if not corruptions:
+            raise ConfigError("--corruptions is empty; give names, e.g. --corruptions "
+                              "gaussian_noise,fog, or leave it out for all")
+        if root is None:
+            for name in corruptions:
+                try:
+                    check_generated(name)
+                except KeyError as e:
+                    raise ConfigError(f"--corruptions: {e.args[0]}") from None
+    cfg = load_run_config(run_dir)
+    if cfg.task != "classify":
+        raise ConfigError(
+            f"{run_dir} is a {cfg.task} run: corruption accuracy needs a classification run "
+            f"(trained with --task classify, e.g. 'retrieval-bio finetune --task classify'); "
+            f"for a hashing run use 'retrieval-bio attack hag|sdha'")
+    folder = None
+    if root is not None:  # the folder is checked before anything heavy is loaded
+        folder = CifarC(root, corruptions, image_size=cfg.image_size, max_images=max_images,
+                        seed=seed)
+    wpath = run_weights(run_dir, weights)
+    settings = {"source": "official" if folder else "generated",
+                "root": str(Path(root).resolve()) if root is not None else None,
+                "num_images": max_images, "seed": int(seed),
+                "weights": weights if weights in ("best", "last") else str(wpath)}
+    key = digest(settings)
+    notes: list[str] = []
+    dest = output_dir(run_dir, out_dir, notes)
+    json_path, png_path = dest / f"corruption-{key}.json", dest / f"corruption-{key}.png"
+    previous = None if overwrite else (read_json(json_path) or None)
+    if previous is not None:
+        before = previous.get("weights") or {}
+        if before.get("sha256") not in (None, file_digest(wpath)):
+            raise ConfigError(
+                f"{json_path} was computed from other weights ({before.get('file')}, epoch "
+                f"{before.get('epoch')}) than {wpath} holds now; pass --overwrite to "
+                f"recompute it")
+    names = corruption_order(corruptions if corruptions is not None else
+                             folder.corruptions if folder is not None else CORRUPTIONS.names())
+    t0 = time.perf_counter()
+
+    def finish(report: dict[str, Any]) -> dict[str, Any]:
+        try:
+            corruption_plot(png_path, report)
+            report["plot"] = str(png_path)
+        except OSError as e:
+            report["notes"].append(f"{png_path} not written: {e}")
+            report["plot"] = None
+        return report
+
+    if previous is not None and not _missing_corruption_cells(previous, names, sev):
+        summarise(previous)
+        previous["notes"] = [*previous.get("notes", []),
+                             f"every requested cell was already computed with these settings "
+                             f"and weights: read from {json_path} (--overwrite recomputes)"]
+        previous["path"] = str(json_path)
+        return finish(previous) if not png_path.is_file() else {**previous,
+                                                                 "plot": str(png_path)}
+
+    dev = resolve_device(device)
+    clean = None
+    if folder is None:
+        run = open_run(run_dir, weights=str(wpath), device=dev)
+        assert run.splits is not None
+        data: Any = subsample(run.splits.query, max_images, seed)
+        clean_images = f"the run's query split ({len(data)} images)"
+        if cfg.image_size != CIFAR_C_SIZE:
+            notes.append(f"CIFAR-C's constants are for 32-px images; this run's are "
+                         f"{cfg.image_size} px, so the blurs, zooms and pixelation (in pixels) "
+                         f"act relatively {'more' if cfg.image_size < 32 else 'less'} "
+                         f"strongly than on CIFAR")
+    else:
+        try:
+            run = open_run(run_dir, weights=str(wpath), device=dev)
+            assert run.splits is not None
+            clean = subsample(run.splits.query, max_images, seed)
+            clean_images = f"the run's query split ({len(clean)} images)"
+        except DatasetError as e:
+            run = open_run(run_dir, weights=str(wpath), device=dev, load_data=False)
+            clean_images = None
+            notes.append(f"clean accuracy not measured: the run's dataset cannot be loaded "
+                         f"({str(e).splitlines()[0]})")
+        width = _num_logits(run.model, cfg.image_size, dev)
+        top = int(folder.labels.max())
+        if top >= width:
+            raise ConfigError(
+                f"{folder.root / 'labels.npy'} holds class ids up to {top} but the model of "
+                f"{run_dir} has {width} outputs: CIFAR-100-C arrays for a 10-class run? Point "
+                f"--root at the CIFAR-C folder of the run's dataset")
+        folder.num_classes = width
+        if width > 10 and top < 10:
+            notes.append(f"the arrays hold 10 classes but the model has {width} outputs: "
+                         f"CIFAR-10-C arrays for a CIFAR-100 run?")
+        if cfg.dataset not in ("cifar10", "cifar100"):
+            notes.append(f"the run was trained on {cfg.dataset}; the arrays' labels are "
+                         f"CIFAR classes, so the accuracy means something only if the run's "
+                         f"class ids are CIFAR's")
+        if cfg.image_size != CIFAR_C_SIZE:
+            notes.append(f"the 32-px CIFAR-C images were resized to the run's {cfg.image_size}"
+                         f" px with its evaluation transform")
+        data = folder
+    provenance = {
+        "rule": cfg.rule, "dataset": cfg.dataset,
+        "backbone": cfg.backbone, "image_size": cfg.image_size, "run": str(run_dir),
+        "device": str(dev), "settings": settings, "key": key, "weights": run.weights,
+        "path": str(json_path), "root": settings["root"],
+        "resized_from": CIFAR_C_SIZE if folder is not None and cfg.image_size != CIFAR_C_SIZE
+        else None, "clean_images": clean_images,
+    }
+    write_errors: list[str] = []
+
+    def persist(report: dict[str, Any]) -> None:
+        report.update(provenance, time_s=round(time.perf_counter() - t0, 2))
+        report["notes"] = list(dict.fromkeys(notes + report["notes"]))
+        try:
+            atomic_write_json(json_path, report)
+        except OSError as e:  # keep evaluating: the results are returned and shown
+            if not write_errors:
+                write_errors.append(f"{json_path} could not be written ({e}); the results "
+                                    f"are only shown")
+                log.warning(write_errors[0])
+
+    report = corruption_sweep(run.model, data, names, sev, seed=seed, batch_size=batch_size,
+                              device=dev, progress=progress, previous=previous,
+                              on_update=persist, clean=clean)
+    persist(report)
+    report["notes"] += write_errors
+    if write_errors:
+        report["path"] = None
+    return finish(report)
+
+
+def _missing_corruption_cells(
+    report: dict[str, Any], names: Sequence[str], severities: Sequence[int]
+) -> list[tuple[str, int]]:
+    """The (corruption, severity) cells of ``names`` x ``severities`` a report lacks."""
+    have = [int(s) for s in report.get("severities", [])]
+    table = report.get("accuracy") or {}
+    return [(c, s) for c in names for s in severities
+            if s not in have or (table.get(c) or [None] * len(have))[have.index(s)] is None]
+
+
+def _num_logits(model: torch.nn.Module, image_size: int, device: torch.device) -> int:
+    """C, the width of the model's output: its linear head's, or one forward pass's."""
+    head = getattr(model, "head", None)
+    if isinstance(head, torch.nn.Linear):
+        return int(head.out_features)
+    from .attacks.base import eval_mode
+
+    with torch.no_grad(), eval_mode(model):
+        return int(model(torch.zeros(1, 3, image_size, image_size, device=device)).shape[1])

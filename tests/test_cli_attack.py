@@ -60,6 +60,44 @@ def test_attack_classifier_default_eps_and_single_grad(runs):
     assert rep["grad"] == ["model"] and "accuracy (model)" in out
 
 
+def test_attack_auto_l2_writes_a_report(runs):
+    run = runs["classify-bp"]
+    result, out = invoke("attack", "auto", run, "--eps", "0,0.5,2", "--norm", "l2",
+                         "--steps", "3", "--queries-per-image", "10", "--num-images", "20",
+                         "--grad", "exact,model", "--device", "cpu")
+    assert result.exit_code == 0, out
+    flat = " ".join(out.split())  # the table's title may wrap
+    for text in ("auto (L2) on bp", "ε (L2)", "APGD-CE + APGD-T 3 step(s), Square 10",
+                 "accuracy (exact)", "report:"):
+        assert text in flat
+    (path,) = run.glob("attack-auto-*.json")
+    rep = json.loads(path.read_text())
+    assert rep["norm"] == "l2" and rep["eps"] == [0.0, 0.5, 2.0] and rep["steps"] == 3
+    assert rep["settings"]["norm"] == "l2" and rep["settings"]["attack_kwargs"] == {
+        "n_queries": 10}
+    assert max(rep["l2"]["exact"]) <= 2.0 + 1e-5  # L2 sizes within the budget, above 1
+    assert all(sum(c.values()) == 20 for c in rep["breakdown"]["exact"])
+    assert rep["grad"] == ["exact"]  # BP: exact and model are one computation
+    assert path.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("attack", "pgd", "{cls}", "--eps", "0.1,2", "--norm", "linf"),
+     "--eps must lie in [0, 1] for --norm linf (L∞ budget in pixel units, images in [0, 1]), "
+     "got 2 (an L∞ ball of 1 already holds every image; for L2 budgets pass --norm l2)"),
+    (("attack", "hag", "{hash}", "--eps", "0.1", "--norm", "l2"),
+     "--norm l2: hag is defined for an L∞ budget only"),
+    (("attack", "pgd", "{cls}", "--eps", "0.1", "--norm", "l1"), "--norm must be one of"),
+    (("attack", "pgd", "{cls}", "--queries-per-image", "5"), "Square's budget (square, auto)"),
+])
+def test_attack_norm_errors_are_one_line(runs, args, message):
+    args = [a.format(hash=runs["hash-frsf"], cls=runs["classify-bp"]) for a in args]
+    result, out = invoke(*args)
+    assert result.exit_code == 2
+    assert message in " ".join(out.split())
+    assert len([line for line in out.splitlines() if line.startswith("error:")]) == 1
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (("attack", "fgsm", "{hash}", "--device", "cpu"), "hash run"),
     (("attack", "hag", "{hash}", "--eps", "0.1,abc"), "comma-separated"),

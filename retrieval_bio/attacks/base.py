@@ -1,12 +1,14 @@
-"""The shared base of every attack: model mode, device, gradient source, L∞ projection,
+"""The shared base of every attack: model mode, device, gradient source, L∞ / L2 projection,
 seeding and call counting (torchattacks-style: each attack file holds only its algorithm).
 
 Conventions (SPEC §1, §2, §7, §8):
 
 * images are float tensors ``(N, 3, H, W)`` with pixels in [0, 1]; the model normalises
-  internally, so ε is measured in [0, 1] pixel units (L∞);
-* after every step the adversarial batch is projected onto the L∞ ball of radius ε around
-  the clean batch and clamped to [0, 1];
+  internally, so ε is measured in [0, 1] pixel units: ``norm="linf"`` (the default) bounds
+  max_i |x'_i − x_i| ≤ ε, ``norm="l2"`` bounds the Euclidean norm over all C·H·W entries of
+  one image, ‖x' − x‖₂ ≤ ε (so an L2 ε of 1 is much smaller than an L∞ ε of 1);
+* after every step the adversarial batch is projected onto the ε-ball of the attack's norm
+  around the clean batch and clamped to [0, 1];
 * ``grad="exact"`` differentiates through the forward weights W (the attacker knows W;
   ``retrieval_bio.rules.exact_gradients``); ``grad="model"`` uses the model's own backward
   (its feedback matrices B for a converted model). For an unconverted (BP) model the two are
@@ -20,6 +22,7 @@ Conventions (SPEC §1, §2, §7, §8):
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -31,6 +34,14 @@ from ..progress import Progress, ensure
 from ..registry import Registry
 
 GRAD_SOURCES = ("exact", "model")
+#: Threat models: ``"linf"`` (max over entries) and ``"l2"`` (Euclidean over C·H·W), [0, 1] pixels.
+NORMS = ("linf", "l2")
+#: Printable names of :data:`NORMS` (tables, plots, messages).
+NORM_LABELS = {"linf": "L∞", "l2": "L2"}
+# A point counts as outside the L2 ball only beyond ε·(1 + this): the rescaled point's own
+# norm is ε up to float rounding, so projecting it again must leave it unchanged (every
+# attack's result is projected once more; a moved pixel could change a borderline decision).
+_L2_SLACK = 1e-6
 
 #: name -> attack class; the CLI's ``attack`` choices come from here.
 ATTACKS: Registry[type[Attack]] = Registry("attack")
@@ -42,9 +53,12 @@ class Attack:
     Args:
         model: maps images ``(N, 3, H, W)`` in [0, 1] to outputs ``(N, D)`` (logits or the
             continuous hash output h).
-        eps: L∞ budget ε in [0, 1] pixel units (ε = 0 returns the input unchanged).
+        eps: budget ε in [0, 1] pixel units, in the attack's ``norm`` (ε = 0 returns the
+            input unchanged).
         grad: ``"exact"`` (through W) or ``"model"`` (the model's own feedback path).
         seed: seeds the attack's private ``torch.Generator`` at every call.
+        norm: ``"linf"`` (default) or ``"l2"`` (over all C·H·W entries of an image); an
+            attack class lists the norms it implements in ``norms``.
 
     Attributes:
         n_grad_calls: forward+backward passes (input-gradient evaluations) made so far.
@@ -52,18 +66,28 @@ class Attack:
     """
 
     name = "attack"
+    #: the norms this attack implements (a subclass narrows it, e.g. the hashing attacks).
+    norms: tuple[str, ...] = NORMS
 
     def __init__(
-        self, model: nn.Module, eps: float, *, grad: str = "exact", seed: int = 0
+        self, model: nn.Module, eps: float, *, grad: str = "exact", seed: int = 0,
+        norm: str = "linf",
     ) -> None:
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
+        if not (eps >= 0 and math.isfinite(eps)):
+            raise ValueError(f"eps must be a finite number >= 0, got {eps}")
         if grad not in GRAD_SOURCES:
             raise ValueError(f"grad must be one of {GRAD_SOURCES}, got {grad!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if norm not in self.norms:
+            raise ValueError(f"{type(self).__name__} implements norm "
+                             f"{' or '.join(map(repr, self.norms))} only, got {norm!r}; use "
+                             f"norm={self.norms[0]!r}")
         self.model = model
         self.eps = float(eps)
         self.grad = grad
         self.seed = int(seed)
+        self.norm = norm
         self.n_grad_calls = 0
         self.n_forward_calls = 0
 
@@ -73,7 +97,8 @@ class Attack:
         self, images: torch.Tensor, labels: torch.Tensor | None = None, *,
         progress: Progress | None = None,
     ) -> torch.Tensor:
-        """Adversarial images ``(N, 3, H, W)`` in [0, 1] within ε (L∞) of ``images``.
+        """Adversarial images ``(N, 3, H, W)`` in [0, 1] within ε (in ``self.norm``) of
+        ``images``.
 
         Args:
             images: clean images ``(N, 3, H, W)`` in [0, 1].
@@ -114,14 +139,53 @@ class Attack:
         return p.device
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(eps={self.eps:g}, grad={self.grad!r}, seed={self.seed})"
+        return (f"{type(self).__name__}(eps={self.eps:g}, norm={self.norm!r}, "
+                f"grad={self.grad!r}, seed={self.seed})")
 
     # -- helpers for subclasses ----------------------------------------------------------
 
     def project(self, adv: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """Project onto the L∞ ε-ball around ``images``, then clamp to [0, 1]."""
+        """Project ``adv`` onto the ε-ball of ``self.norm`` around ``images``, then clamp to
+        [0, 1]; both ``(N, C, H, W)``.
+
+        L∞: clip every entry to [x − ε, x + ε]. L2 (per image, over all C·H·W entries): an
+        image with δ = adv − x, ‖δ‖₂ > ε becomes x + ε·δ/‖δ‖₂ (the closest point of the
+        ball); one inside is returned bit for bit. Clamping to [0, 1] afterwards moves every
+        entry towards x (x is in [0, 1]), so it never leaves the ball. Projecting twice gives
+        the same result as projecting once.
+        """
+        if self.norm == "l2":
+            return l2_project(adv, images, self.eps).clamp(0.0, 1.0)
         adv = torch.minimum(torch.maximum(adv, images - self.eps), images + self.eps)
         return adv.clamp(0.0, 1.0)
+
+    def random_init(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A random point of the ε-ball around ``images`` ``(N, C, H, W)``, clamped to [0, 1].
+
+        L∞: x + U(−ε, ε) per entry. L2: x + r·u, u uniform on the unit sphere of R^{C·H·W}
+        (a normalised Gaussian) and r = ε·U^{1/(C·H·W)}, i.e. uniform in the ball's volume
+        (ART's ``random_sphere``; torchattacks' ``PGDL2`` draws r uniform in [0, ε] instead,
+        which favours small radii). In high dimension nearly all of the ball's volume lies at
+        its surface, so r ≈ ε. Every draw comes from ``generator``, for all N images at once.
+        """
+        shape, dev, dt = images.shape, images.device, images.dtype
+        if self.norm == "linf":
+            noise = torch.rand(shape, generator=generator, device=dev, dtype=dt)
+            return self.project(images + (2 * noise - 1) * self.eps, images)
+        d = images[0].numel()
+        direction = torch.randn(shape, generator=generator, device=dev, dtype=dt)
+        direction = direction / _per_image(l2_norms(direction), images).clamp_min(1e-12)
+        u = torch.rand((shape[0],), generator=generator, device=dev, dtype=dt)
+        radius = self.eps * u.pow(1.0 / d)
+        return self.project(images + _per_image(radius, images) * direction, images)
+
+    def ascent_direction(self, g: torch.Tensor) -> torch.Tensor:
+        """The steepest-ascent direction of unit ``self.norm`` size for gradient ``g``
+        ``(N, C, H, W)``: sign(g) for L∞, g/‖g‖₂ per image for L2 (a zero gradient gives a
+        zero step, not a division by zero)."""
+        if self.norm == "linf":
+            return g.sign()
+        return g / _per_image(l2_norms(g), g).clamp_min(1e-12)
 
     def gradient_source(self) -> contextlib.AbstractContextManager:
         """Context under which forward *and* backward run: exact (through W) or the model's."""
@@ -150,6 +214,29 @@ class Attack:
         self.n_forward_calls += 1
         return self.model(x)
 
+
+
+def l2_norms(x: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` Euclidean norms of the N images of ``x`` ``(N, ...)``, over all other
+    dimensions (C·H·W entries)."""
+    return x.flatten(1).norm(dim=1)
+
+
+def l2_project(adv: torch.Tensor, images: torch.Tensor, eps: float) -> torch.Tensor:
+    """``adv`` moved into the L2 ball of radius ``eps`` around ``images`` (both ``(N, ...)``),
+    per image: δ = adv − x; when ‖δ‖₂ > ε, x + ε·δ/‖δ‖₂, else ``adv`` unchanged (bit for
+    bit). No clamping. Points beyond ε by less than a relative 1e-6 (float rounding of an
+    earlier projection) count as inside, so the projection is idempotent."""
+    delta = adv - images
+    n = l2_norms(delta)
+    outside = _per_image(n > eps * (1 + _L2_SLACK), adv)
+    scale = _per_image(eps / n.clamp_min(1e-30), adv)
+    return torch.where(outside, images + delta * scale, adv)
+
+
+def _per_image(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` -> ``(N, 1, ..., 1)``, broadcastable against ``like`` ``(N, ...)``."""
+    return v.reshape(-1, *([1] * (like.ndim - 1)))
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""FGSM (Goodfellow et al., "Explaining and harnessing adversarial examples", 2015), L∞."""
+"""FGSM (Goodfellow et al., "Explaining and harnessing adversarial examples", 2015), L∞, and
+its L2 counterpart (the fast gradient method: one step of ε along the normalised gradient)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ from ..progress import Progress
 from .base import ATTACKS, Attack, class_indices
 
 
-@ATTACKS.register("fgsm", help="FGSM (Goodfellow et al. 2015): one signed-gradient step")
+@ATTACKS.register("fgsm", help="FGSM (Goodfellow et al. 2015): one gradient step, L∞ or L2")
 class FGSM(Attack):
-    """x' = clip_[0,1](x + ε·sign(∇_x CE(f(x), y))), SPEC §8.
+    """x' = clip_[0,1](x + ε·sign(∇_x CE(f(x), y))), SPEC §8; with ``norm="l2"``
+    x' = clip_[0,1](x + ε·g/‖g‖₂), g = ∇_x CE per image (a zero gradient: no step).
 
     Args:
         model: images ``(N, 3, H, W)`` in [0, 1] -> logits ``(N, C)``.
-        eps: L∞ budget (pixels in [0, 1]).
+        eps: budget (pixels in [0, 1]) in ``norm``.
         grad: ``"exact"`` or ``"model"`` gradient source (SPEC §2).
         seed: unused (deterministic), kept for a uniform interface.
+        norm: ``"linf"`` (default) or ``"l2"`` (over the C·H·W entries of an image).
 
     Call as ``attack(images, labels)`` with ``(N, C)`` one-hot/multi-hot labels (the argmax is
     the class) or ``(N,)`` class ids. Cost: one forward + one backward.
@@ -26,8 +29,11 @@ class FGSM(Attack):
 
     name = "fgsm"
 
-    def __init__(self, model: nn.Module, eps: float, *, grad: str = "exact", seed: int = 0):
-        super().__init__(model, eps, grad=grad, seed=seed)
+    def __init__(
+        self, model: nn.Module, eps: float, *, grad: str = "exact", seed: int = 0,
+        norm: str = "linf",
+    ) -> None:
+        super().__init__(model, eps, grad=grad, seed=seed, norm=norm)
 
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator,
@@ -37,4 +43,4 @@ class FGSM(Attack):
             raise ValueError("FGSM needs labels")
         y = class_indices(labels)
         _, g = self.input_grad(images, lambda out, _x: F.cross_entropy(out, y))
-        return self.project(images + self.eps * g.sign(), images)
+        return self.project(images + self.eps * self.ascent_direction(g), images)

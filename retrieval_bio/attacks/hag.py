@@ -117,6 +117,7 @@ class HAG(Attack):
             it is exactly the reference's batch mean.
         balance: form of the balance term, ``"masked"`` (SAAT, default) or ``"unmasked"``
             (see :func:`hag_loss`); stored as ``self.balance``.
+        norm: ``"linf"`` only (accepted so that ``norm="l2"`` is refused with a clear error).
 
     Raises:
         ValueError: ``steps`` < 1 or an unknown ``balance``.
@@ -126,15 +127,17 @@ class HAG(Attack):
     """
 
     name = "hag"
+    #: L∞ only: the papers and SAAT define HAG and SDHA for an L∞ budget.
+    norms = ("linf",)
 
     def __init__(
         self, model: nn.Module, eps: float | None = None, steps: int | None = None, *,
         grad: str = "exact", preset: str | None = None, seed: int = 0, lr: float = 100.0,
         momentum: float = 0.9, t: float = 0.5, beta: float = 1.0, ref_batch: int = 32,
-        balance: str = "masked",
+        balance: str = "masked", norm: str = "linf",
     ) -> None:
         v = resolve_preset(PRESETS, preset, eps=eps, steps=steps)
-        super().__init__(model, v["eps"], grad=grad, seed=seed)
+        super().__init__(model, v["eps"], grad=grad, seed=seed, norm=norm)
         if int(v["steps"]) < 1:
             raise ValueError(f"steps must be >= 1, got {v['steps']}")
         self.steps = int(v["steps"])

@@ -149,6 +149,7 @@ class SDHA(Attack):
         ref_batch: the per-query losses (MSE of its own pixels + its surrogate term) are
             summed and divided by ``ref_batch``; equal to the batch mean of SPEC §7 for
             batches of ``ref_batch`` and independent of batch composition otherwise.
+        norm: ``"linf"`` only (accepted so that ``norm="l2"`` is refused with a clear error).
 
     Call as ``attack(images, labels)`` with ``labels`` the queries' ``(Q, C)`` multi-hot
     labels. Cost: one forward without gradient plus one forward + one backward per step; the
@@ -156,15 +157,17 @@ class SDHA(Attack):
     """
 
     name = "sdha"
+    #: L∞ only, as the paper and SAAT define it.
+    norms = ("linf",)
 
     def __init__(
         self, model: nn.Module, eps: float | None = None, steps: int | None = None,
         train_codes: torch.Tensor | None = None, train_labels: torch.Tensor | None = None, *,
         grad: str = "exact", preset: str | None = None, seed: int = 0, lr: float = 0.01,
-        ref_batch: int = 32,
+        ref_batch: int = 32, norm: str = "linf",
     ) -> None:
         v = resolve_preset(PRESETS, preset, eps=eps, steps=steps)
-        super().__init__(model, v["eps"], grad=grad, seed=seed)
+        super().__init__(model, v["eps"], grad=grad, seed=seed, norm=norm)
         if int(v["steps"]) < 1:
             raise ValueError(f"steps must be >= 1, got {v['steps']}")
         if train_codes is None or train_labels is None:

@@ -5,13 +5,15 @@ Reads the ``attack-*.json`` reports that :func:`retrieval_bio.workflows.attack_r
 into each run folder (or, for a run folder that could not be written, into its
 :func:`~retrieval_bio.runs.fallback_dir`); nothing is recomputed. A run holding several
 reports of one attack (other steps, queries, seeds...) contributes one entry per report,
-labelled by the settings that differ. Every entry names the report file it came from.
+labelled by the settings that differ. Every entry names the report file it came from. L2
+reports are gathered apart from L∞ ones, under ``<attack>-l2`` (an L2 and an L∞ ε are
+different budgets).
 
 ``compare.json`` schema::
 
     runs     [{"label", "run", "rule", "task", "dataset", "attacks": [names],
                "reports": [files]}]  -- runs without any report are listed too
-    attacks  {attack: {"metric": "map" | "accuracy",
+    attacks  {attack (``<attack>-l2`` for L2 reports): {"metric": "map" | "accuracy",
                        "eps": sorted union of the entries' ε,
                        "runs": {label: {"grad": [...], "eps": [...],
                                         "values": {grad: [...]}, "clean": float,
@@ -151,8 +153,8 @@ def compare_runs(
             warnings.append(f"{run_dir} ({label}) has no attack report; run 'retrieval-bio "
                             f"attack <name> {run_dir}' to include it")
         for rep in reps:
-            name, metric = rep["attack"], rep["metric"]
-            siblings = [r for r in reps if r["attack"] == name and r is not rep]
+            name, metric = _group(rep), rep["metric"]
+            siblings = [r for r in reps if _group(r) == name and r is not rep]
             entry_label = label if not siblings else f"{label} [{_settings_label(rep, siblings)}]"
             entry = attacks.setdefault(name, {"metric": metric, "eps": [], "runs": {}})
             if entry["metric"] != metric:
@@ -184,6 +186,12 @@ def compare_runs(
             result["plots"][name] = png
     atomic_write_json(out_dir / "compare.json", result)
     return result
+
+
+def _group(rep: dict[str, Any]) -> str:
+    """The entry a report is compared under: its attack, with ``-l2`` for an L2 report
+    (reports without a ``norm`` key are L∞)."""
+    return rep["attack"] if rep.get("norm", "linf") == "linf" else f"{rep['attack']}-l2"
 
 
 def _report_state(rep: dict[str, Any], run_dir: Path, label: str) -> list[str]:
@@ -237,8 +245,9 @@ def masking_line(report: dict[str, Any]) -> str | None:
                 "--overwrite)")
     falls = block.get("falls_to_chance")
     max_eps = block.get("max_eps")
+    full = block.get("full_eps", 1.0)  # 1 for L∞, sqrt(C·H·W) for L2
     if falls is None:
-        why = ("largest ε < 1" if max_eps is not None and max_eps < 1.0
+        why = (f"largest ε < {full:.4g}" if max_eps is not None and max_eps < full
                else "the largest-ε cell is missing")
         verdict = f"unknown ({why})"
     else:

@@ -119,6 +119,13 @@ def _ylabel(report: Mapping[str, Any]) -> str:
     return "mAP@all" if k is None or k <= 0 else f"mAP@{k}"
 
 
+def _eps_axis(report: Mapping[str, Any]) -> str:
+    """The budget axis of a report (reports from before the ``norm`` key are L∞)."""
+    if report.get("norm") == "l2":
+        return "ε (L2 over C·H·W, pixels in [0, 1])"
+    return "ε (L∞, pixels in [0, 1])"
+
+
 def attack_plot(path: str | Path, report: Mapping[str, Any]) -> Path:
     """mAP (hash) or robust accuracy (classify) vs ε for one attack report
     (:mod:`retrieval_bio.eval.robustness`): one line per gradient source, the clean level
@@ -136,7 +143,7 @@ def attack_plot(path: str | Path, report: Mapping[str, Any]) -> Path:
     title = (f"{report['attack'].upper()} on {report.get('rule', '?')} "
              f"({report.get('dataset', '?')}, {report.get('backbone', '?')}), "
              f"{report.get('steps')} step(s), {report.get('num_queries')} queries")
-    return line_plot(path, series, "ε (L∞, pixels in [0, 1])", _ylabel(report), title,
+    return line_plot(path, series, _eps_axis(report), _ylabel(report), title,
                      logx=True, styles=styles, hlines=hlines, xticks=eps, ylim=(-0.02, 1.02),
                      note=_zero_note(eps))
 
@@ -166,7 +173,7 @@ def compare_plot(
                                     {"color": colour, "linewidth": 0.9, "alpha": 0.7})
     eps = sorted(eps_all)
     title = f"{attack.upper()}: " + " vs ".join(reports) + f" ({first.get('dataset', '?')})"
-    return line_plot(path, series, "ε (L∞, pixels in [0, 1])", _ylabel(first), title,
+    return line_plot(path, series, _eps_axis(first), _ylabel(first), title,
                      logx=True, styles=styles, hlines=hlines, xticks=eps, ylim=(-0.02, 1.02),
                      note=_zero_note(eps))
 

@@ -10,14 +10,16 @@ Two levels:
 
 Report schema (``attack-<name>-<key>.json``; lists are indexed like ``eps``)::
 
-    attack       "hag" | "sdha" | "fgsm" | "pgd" | "square"
+    attack       "hag" | "sdha" | "fgsm" | "pgd" | "square" | "apgd" | "apgd-t" | "auto"
     task         "hash" | "classify"
     metric       "map" (hash) | "accuracy" (classify): the key holding the per-ε values
     grad         gradient sources evaluated, e.g. ["exact", "model"]; ["none"] for Square
                  (gradient-free: it never calls a backward pass); one per computation
     same_computation  {source: the source in ``grad`` it is the same computation as}, e.g.
                  {"model": "exact"} for a model without a feedback path
-    eps          [ε_0, ε_1, ...], L∞ budgets in [0, 1] pixel units
+    norm         "linf" | "l2": the threat model of ``eps`` (hashing attacks: "linf" only)
+    eps          [ε_0, ε_1, ...], budgets in [0, 1] pixel units in ``norm`` (L2: over the
+                 C·H·W entries of an image)
     map          hash only: {grad: [mAP@k at ε_i]}, adversarial queries vs the CLEAN database
     clean_map    hash only: mAP@k of the clean queries vs the clean database
     theory_map   hash only: mAP@k with −sign(h) as query code (the strongest untargeted code)
@@ -26,7 +28,13 @@ Report schema (``attack-<name>-<key>.json``; lists are indexed like ``eps``)::
     clean_accuracy  classify only
     linf, l2     {grad: [mean over queries of ‖x' − x‖_∞ / ‖x' − x‖_2 at ε_i]} (pixels in [0, 1])
     grad_calls   {grad: [input-gradient evaluations made at ε_i, all queries]}
-    steps        iterations per attack (FGSM: 1; Square: its query budget per image)
+    steps        iterations per attack (FGSM: 1; Square: its query budget per image; APGD,
+                 APGD-T and auto: APGD iterations per run)
+    queries_per_image  auto only: its Square part's query budget per image
+    breakdown    auto only: {grad: [{"clean_errors", "apgd-ce", "apgd-t", "square",
+                 "robust"} at ε_i]}: images misclassified clean, newly broken by each part in
+                 turn (APGD-CE, then APGD-T on what it left, then Square), and left robust;
+                 they sum to ``num_queries`` and "robust" / num_queries is the accuracy
     preset       the preset used: hashing ("paper" | "reference"), PGD ("paper" | "pepita"),
                  or null
     rule, seed, dataset, backbone, bits, run   provenance; seed is the attack's seed
@@ -39,18 +47,22 @@ Report schema (``attack-<name>-<key>.json``; lists are indexed like ``eps``)::
                      chance            1/C, C the number of classes
                      max_eps           the largest ε of the report
                      at_max_eps        {grad: accuracy at max_eps}
-                     falls_to_chance   true when accuracy at max_eps (>= 1) is <= 1.5 x chance
-                                       for every source; null when max_eps < 1 (an L∞ budget
-                                       of 1 allows any image) or that cell is missing
+                     full_eps          the budget whose ball holds every image (any image
+                                       is within reach): 1 for L∞, sqrt(C·H·W) for L2
+                     falls_to_chance   true when accuracy at max_eps (>= full_eps) is <= 1.5 x
+                                       chance for every source; null when max_eps < full_eps
+                                       or that cell is missing
                      zero_grad_fraction  {grad: fraction of the input-gradient entries (CE
                                        loss on logits w.r.t. the clean query images, through
                                        the source) that are exactly 0.0}; Square: "exact" only
                      zero_grad_images  {grad: fraction of queries whose whole input gradient
                                        is exactly zero}
-    square_check FGSM/PGD run-folder reports with a Square report of the same weights:
-                 {report, eps, square: [accuracy], gradient: {grad: [accuracy]}} at the ε
-                 both hold (``workflows.attack_run``); Square reports hold ``gradient_checks``,
-                 a list of such dicts (with ``attack``), one per FGSM/PGD report
+    square_check FGSM/PGD/APGD/APGD-T run-folder reports with a Square report of the same
+                 weights and norm: {report, eps, square: [accuracy], gradient: {grad:
+                 [accuracy]}} at the ε both hold (``workflows.attack_run``); Square reports
+                 hold ``gradient_checks``, a list of such dicts (with ``attack``), one per
+                 gradient-attack report. Auto reports take part in neither (they contain
+                 Square); their breakdown gives the same check inside one report
     complete     whether every (source, ε) cell holds a value; an interrupted sweep leaves
                  ``null`` cells, which a re-run with the same settings fills in
     settings, key, weights, path   (run-folder reports, see ``workflows.attack_run``) the
@@ -70,6 +82,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -89,8 +102,13 @@ from .metrics import map_at_k
 log = logging.getLogger(__name__)
 
 HASH_ATTACKS = ("hag", "sdha")
-CLASSIFY_ATTACKS = ("fgsm", "pgd", "square")
+CLASSIFY_ATTACKS = ("fgsm", "pgd", "square", "apgd", "apgd-t", "auto")
 GRADIENT_FREE = ("square",)
+#: gradient attacks whose reports are compared with Square reports (gradient masking);
+#: ``auto`` is not one: it runs Square itself (its ``breakdown`` holds that comparison).
+GRADIENT_CHECKED = ("fgsm", "pgd", "apgd", "apgd-t")
+#: attacks whose ``--steps`` is an APGD iteration count (``n_iter``).
+APGD_ATTACKS = ("apgd", "apgd-t", "auto")
 NO_GRAD = "none"  # the single "gradient source" entry of a gradient-free attack
 
 #: seed 001's ε sweep for hashing attacks (SPEC §7, preset ``paper``).
@@ -100,9 +118,18 @@ CLASSIFY_EPS = (0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5)
 #: the ε sweep of PGD's ``pepita`` preset (seed 000 §3.1 attacks at 0.3; 1.0 lets the
 #: masking check tell whether accuracy falls to chance).
 PEPITA_EPS = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
+#: seed 002's L2 grid (its ART PGD-L2 runs, ep.md §2.2): 0, then logspace(0.05, 3, 10) ∪ {1}
+#: (10 geometric steps from 0.05 to 3 plus 1.0), in [0, 1] pixels over C·H·W entries. Its
+#: tables' rounded labels are these points: "0.07" = 0.0788, "0.31" = 0.3085, "0.49" = 0.4862.
+L2_EPS = (0.0, *sorted({*(0.05 * (3 / 0.05) ** (i / 9) for i in range(10)), 1.0}))
 #: PGD presets (``retrieval_bio.attacks.pgd.PRESETS``) the sweeps and the CLI accept.
-PGD_PRESETS = ("paper", "pepita")
-#: accuracy at ε >= 1 at most this times chance counts as "falls to chance".
+PGD_PRESETS = ("paper", "pepita", "ep")
+#: the L∞ ε sweep of PGD's ``ep`` preset: seed 002's table budgets as its code ran them
+#: ("1, 3, 5, 8/255" are the grid points 0.00464, 0.01, 0.02154, 0.03137; ep.md §2.2), then
+#: 0.1 and 1.0 for the masking check.
+EP_EPS = (0.0, 0.00464, 0.01, 0.02154, 0.03137, 0.1, 1.0)
+#: accuracy at ε >= full_eps (:func:`full_eps`) at most this times chance counts as "falls
+#: to chance".
 CHANCE_FACTOR = 1.5
 #: warn when more than this fraction of the input-gradient entries is exactly zero.
 ZERO_GRAD_WARN = 0.01
@@ -113,7 +140,7 @@ DEFAULT_BATCH = 128
 
 
 def attack_task(attack: str) -> str:
-    """``"hash"`` for HAG/SDHA, ``"classify"`` for FGSM/PGD/Square."""
+    """``"hash"`` for HAG/SDHA, ``"classify"`` for FGSM/PGD/Square/APGD/APGD-T/auto."""
     if attack in HASH_ATTACKS:
         return "hash"
     if attack in CLASSIFY_ATTACKS:
@@ -122,13 +149,42 @@ def attack_task(attack: str) -> str:
                      f"{', '.join(HASH_ATTACKS + CLASSIFY_ATTACKS)}")
 
 
-def default_eps(attack: str, preset: str | None = None) -> list[float]:
+def default_eps(attack: str, preset: str | None = None, norm: str = "linf") -> list[float]:
     """The ε list used when none is given: SPEC §7's paper sweep for hashing (8/255 for
-    the ``reference`` preset), SPEC §8's list (with 0) for classifiers, and
-    :data:`PEPITA_EPS` (up to 1.0) for PGD's ``pepita`` preset."""
+    the ``reference`` preset), SPEC §8's list (with 0) for classifiers, :data:`PEPITA_EPS`
+    (up to 1.0) for PGD's ``pepita`` preset, :data:`EP_EPS` for its ``ep`` preset, and seed
+    002's L2 grid :data:`L2_EPS` for any
+    classifier attack with ``norm="l2"``."""
+    if norm == "l2":
+        return list(L2_EPS)
     if attack_task(attack) == "classify":
-        return list(PEPITA_EPS) if attack == "pgd" and preset == "pepita" else list(CLASSIFY_EPS)
+        if attack == "pgd" and preset in ("pepita", "ep"):
+            return list(PEPITA_EPS if preset == "pepita" else EP_EPS)
+        return list(CLASSIFY_EPS)
     return [REFERENCE_EPS] if preset == "reference" else list(PAPER_HASH_EPS)
+
+
+def full_eps(norm: str, image_shape: Sequence[int]) -> float:
+    """The smallest budget whose ball around any image holds every image of that shape in
+    [0, 1]: 1 for L∞; for L2 the cube's diagonal sqrt(C·H·W) (two images differ by at most 1
+    in each of the C·H·W entries), e.g. 13.86 for 3×8×8 and 55.43 for 3×32×32. An attack
+    with that budget can reach any image, so a working one drives accuracy to chance.
+
+    Args:
+        norm: ``"linf"`` or ``"l2"``.
+        image_shape: ``(C, H, W)`` of one image.
+    """
+    if norm == "linf":
+        return 1.0
+    if norm == "l2":
+        return math.sqrt(math.prod(int(d) for d in image_shape))
+    raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+
+
+def eps_label(norm: str | None) -> str:
+    """``"ε (L∞)"`` / ``"ε (L2)"``: how tables and plots name a report's budget axis
+    (reports from before the ``norm`` key are L∞)."""
+    return f"ε ({'L2' if norm == 'l2' else 'L∞'})"
 
 
 def report_paths(run_dir: str | Path, attack: str, key: str | None = None) -> tuple[Path, Path]:
@@ -230,7 +286,7 @@ def sweep_hash(
         "clean_map": score(clean), "theory_map": float(map_at_k(
             -clean_codes, db_codes, q_labels, db_labels, k, ties="index")),
         "k": int(k), "preset": preset, "num_queries": int(len(q_labels)),
-        "num_database": int(len(db_codes)),
+        "num_database": int(len(db_codes)), "norm": "linf",
     }
     return _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, progress,
                   attack, score, base, notes, previous, on_update, rule=rule)
@@ -244,28 +300,35 @@ def sweep_classify(
     attack_kwargs: dict[str, Any] | None = None, progress: Progress | None = None,
     previous: dict[str, Any] | None = None,
     on_update: Callable[[dict[str, Any]], None] | None = None, rule: str | None = None,
+    norm: str = "linf",
 ) -> dict[str, Any]:
-    """Robust accuracy of a classifier under FGSM, PGD or Square at each ε and gradient
-    source (SPEC §8), with the gradient-masking block ``masking`` (:func:`masking_block`).
+    """Robust accuracy of a classifier under FGSM, PGD, Square, APGD, APGD-T or the
+    AutoAttack-style ensemble ``auto`` at each ε and gradient source (SPEC §8), with the
+    gradient-masking block ``masking`` (:func:`masking_block`).
 
-    ``steps`` is PGD's iteration count (default: the preset's; 5 for ``paper``, seed 001) or
-    Square's query budget per image (default: the attack's, 1,000); FGSM ignores it.
-    ``preset`` is PGD's protocol (``"paper"`` | ``"pepita"``, see
-    :data:`retrieval_bio.attacks.pgd.PRESETS`); explicit ``steps`` win over it. Square is
-    gradient-free, so its report has one source, ``"none"``, whatever ``grads`` says (its
-    zero-gradient check uses the ``exact`` gradient). Other arguments as :func:`sweep_hash`.
-    Returns the report dict of the module docstring (no provenance).
+    ``steps`` is PGD's iteration count (default: the preset's; 5 for ``paper``, seed 001),
+    Square's query budget per image (default: the attack's, 1,000) or the APGD iterations
+    of ``apgd``, ``apgd-t`` and ``auto`` (default 100); FGSM ignores it. ``auto``'s Square
+    budget is ``attack_kwargs["n_queries"]`` (default 5,000). ``preset`` is PGD's protocol
+    (``"paper"`` | ``"pepita"``, see :data:`retrieval_bio.attacks.pgd.PRESETS`); explicit
+    ``steps`` win over it. ``norm`` is the threat model, ``"linf"`` or ``"l2"`` (ε then
+    bounds the Euclidean norm over an image's C·H·W entries). Square is gradient-free, so
+    its report has one source, ``"none"``, whatever ``grads`` says (its zero-gradient check
+    uses the ``exact`` gradient). Other arguments as :func:`sweep_hash`. Returns the report
+    dict of the module docstring (no provenance).
     """
     if attack not in CLASSIFY_ATTACKS:
         raise ValueError(f"{attack!r} is not a classifier attack ({', '.join(CLASSIFY_ATTACKS)})")
     if preset is not None and (attack != "pgd" or preset not in PGD_PRESETS):
         raise ValueError(f"preset {preset!r} does not apply to {attack}: only pgd has presets "
                          f"({', '.join(PGD_PRESETS)})")
-    from ..attacks import ATTACKS
+    from ..attacks import ATTACKS, NORMS
 
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
     device = torch.device(device)
     progress = ensure(progress)
-    kwargs = dict(attack_kwargs or {})
+    kwargs = dict(attack_kwargs or {}, norm=norm)
     notes: list[str] = []
     if attack in GRADIENT_FREE:
         if list(grads) != [NO_GRAD]:
@@ -278,6 +341,8 @@ def sweep_classify(
         check_grads(grads)
         if attack == "pgd" and steps is not None:
             kwargs["steps"] = steps
+        if attack in APGD_ATTACKS and steps is not None:
+            kwargs["n_iter"] = steps
         if preset is not None:
             kwargs["preset"] = preset
     grads = list(dict.fromkeys(grads))
@@ -303,14 +368,41 @@ def sweep_classify(
                                                   device=device)
         return dict(zeros)
 
+    image_shape = tuple(queries[0][0].shape) if len(queries) else (3, 1, 1)
+
     def derive(rep: dict[str, Any]) -> None:
-        rep["masking"], more = masking_block(rep, labels.shape[1], zero_grads(rep))
+        rep["masking"], more = masking_block(rep, labels.shape[1], zero_grads(rep),
+                                             full=full_eps(norm, image_shape))
         rep["notes"] += more
+        if attack == "auto":
+            rep["notes"] += auto_notes(rep)
 
     base = {"attack": attack, "task": "classify", "metric": "accuracy",
-            "clean_accuracy": score(clean), "preset": preset, "num_queries": int(len(labels))}
+            "clean_accuracy": score(clean), "preset": preset, "num_queries": int(len(labels)),
+            "norm": norm}
+    extras = None
+    if attack == "auto":
+        base["queries_per_image"] = make(0.0, grads[0]).n_queries
+        extras = {"breakdown": lambda a: dict(a.breakdown)}
     return _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, progress,
-                  attack, score, base, notes, previous, on_update, rule=rule, derive=derive)
+                  attack, score, base, notes, previous, on_update, rule=rule, derive=derive,
+                  extras=extras)
+
+
+def auto_notes(report: dict[str, Any]) -> list[str]:
+    """Warnings from an ``auto`` report's ``breakdown``: Square (gradient-free) breaking more
+    than :data:`SQUARE_MARGIN` of the queries that both APGD attacks (gradient) left means
+    the gradients hide adversarial examples that exist: gradient masking."""
+    n = report.get("num_queries") or 0
+    notes = []
+    for g, cells in (report.get("breakdown") or {}).items():
+        for e, cell in zip(report["eps"], cells, strict=False):
+            if cell and n and cell.get("square", 0) > SQUARE_MARGIN * n:
+                notes.append(f"at ε={e:g} Square (gradient-free) broke {cell['square']} of "
+                             f"{n} images that APGD-CE and APGD-T ({g} gradient) could not: "
+                             f"the gradient attacks miss adversarial examples that exist "
+                             f"(gradient masking)")
+    return notes
 
 
 def input_gradient_zeros(
@@ -352,6 +444,7 @@ def input_gradient_zeros(
 
 def masking_block(
     report: dict[str, Any], num_classes: int, zeros: dict[str, tuple[float, float]],
+    *, full: float = 1.0,
 ) -> tuple[dict[str, Any], list[str]]:
     """The ``masking`` block of a classification report and its warnings.
 
@@ -361,11 +454,13 @@ def masking_block(
         num_classes: C, the labels' width; chance accuracy is 1/C.
         zeros: ``{grad: (fraction of zero gradient entries, fraction of all-zero images)}``
             (:func:`input_gradient_zeros`).
+        full: the budget whose ball holds every image (:func:`full_eps`: 1 for L∞,
+            sqrt(C·H·W) for L2, the report's ``norm``).
 
     Returns:
         ``(block, notes)``: the block of the module docstring and plain-sentence warnings:
-        largest ε below 1 (cannot tell), accuracy at ε >= 1 above 1.5 x chance (the attack may
-        be blind), more than 1 % zero gradient entries.
+        largest ε below ``full`` (cannot tell), accuracy at ε >= ``full`` above 1.5 x chance
+        (the attack may be blind), more than 1 % zero gradient entries.
     """
     chance = 1.0 / num_classes
     eps = [float(e) for e in report["eps"]]
@@ -373,12 +468,19 @@ def masking_block(
     at = ({g: report["accuracy"][g][eps.index(max_eps)] for g in report["grad"]}
           if max_eps is not None else {})
     falls: bool | None = None
-    if max_eps is not None and max_eps >= 1.0 and at and all(v is not None for v in at.values()):
+    if max_eps is not None and max_eps >= full and at and all(v is not None for v in at.values()):
         falls = all(v <= CHANCE_FACTOR * chance for v in at.values())
     notes: list[str] = []
-    if max_eps is not None and max_eps < 1.0:
-        notes.append(f"largest ε is {max_eps:g} < 1: cannot tell whether accuracy falls to "
-                     f"chance; add 1.0 to --eps")
+    if max_eps is not None and max_eps < full:
+        if report.get("norm") == "l2":
+            # rounded up, so that the suggested budget really holds every image
+            add = math.ceil(full * 100) / 100
+            notes.append(f"largest ε is {max_eps:g} < {full:.4g} (the L2 radius sqrt(C·H·W) "
+                         f"whose ball holds every image): cannot tell whether accuracy falls "
+                         f"to chance; add {add:g} to --eps")
+        else:
+            notes.append(f"largest ε is {max_eps:g} < 1: cannot tell whether accuracy falls "
+                         f"to chance; add 1.0 to --eps")
     shown = list(report["grad"])
     gradient_free = report["attack"] in GRADIENT_FREE
     if falls is False:
@@ -403,7 +505,7 @@ def masking_block(
                          f"the clean queries) are exactly zero, and {imgs:.1%} of the images get "
                          f"no gradient at all: gradient steps cannot move those pixels "
                          f"(gradient masking); {tail}")
-    block = {"chance": chance, "max_eps": max_eps, "at_max_eps": at,
+    block = {"chance": chance, "max_eps": max_eps, "full_eps": full, "at_max_eps": at,
              "falls_to_chance": falls,
              "zero_grad_fraction": {g: z[0] for g, z in zeros.items()},
              "zero_grad_images": {g: z[1] for g, z in zeros.items()}}
@@ -476,12 +578,14 @@ def missing_cells(
 class _Cells:
     """The (gradient source, ε) cells of one report: those of an earlier report of the same
     settings plus the requested ones. Each cell holds (metric, mean L∞, mean L2, gradient
-    calls) or nothing yet."""
+    calls, then one value per name in ``extras``, e.g. auto's ``breakdown``) or nothing yet."""
 
     FIELDS = ("value", "linf", "l2", "grad_calls")
 
-    def __init__(self, metric: str, previous: dict[str, Any] | None) -> None:
+    def __init__(self, metric: str, previous: dict[str, Any] | None,
+                 extras: Sequence[str] = ()) -> None:
         self.metric = metric
+        self.names = (metric, "linf", "l2", "grad_calls", *extras)
         self.cells: dict[tuple[str, float], tuple] = {}
         self.eps: list[float] = []
         self.grads: list[str] = []
@@ -489,8 +593,8 @@ class _Cells:
             self.add_grid(previous.get("grad", []), previous.get("eps", []))
             for g in previous.get("grad", []):
                 for i, e in enumerate(previous.get("eps", [])):
-                    cell = [previous.get(f, {}).get(g, [None] * (i + 1))[i] for f in
-                            (metric, "linf", "l2", "grad_calls")]
+                    cell = [((previous.get(f) or {}).get(g) or [None] * (i + 1))[i]
+                            for f in self.names]
                     if cell[0] is not None:
                         self.cells[(g, float(e))] = tuple(cell)
 
@@ -503,7 +607,7 @@ class _Cells:
 
     def table(self) -> dict[str, Any]:
         out: dict[str, Any] = {"grad": list(self.grads), "eps": list(self.eps)}
-        for name, f in zip((self.metric, "linf", "l2", "grad_calls"), range(4), strict=True):
+        for f, name in enumerate(self.names):
             out[name] = {g: [self.cells[(g, e)][f] if (g, e) in self.cells else None
                              for e in self.eps] for g in self.grads}
         out["complete"] = all((g, e) in self.cells for g in self.grads for e in self.eps)
@@ -511,10 +615,13 @@ class _Cells:
 
 
 def _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, progress, name,
-           score, base, notes, previous, on_update, *, rule=None, derive=None):
+           score, base, notes, previous, on_update, *, rule=None, derive=None, extras=None):
     """Attack every query batch for each missing (source, ε) cell, score each cell as soon
     as it is done and hand the growing report to ``on_update``. ``derive(report)``, when
-    given, adds keys computed from the table (and notes) to every report handed out."""
+    given, adds keys computed from the table (and notes) to every report handed out;
+    ``extras`` (``{report key: attack -> value}``) stores more per-cell values, read from the
+    attack after it has attacked every batch of the cell."""
+    extras = dict(extras or {})
     grads = list(dict.fromkeys(grads))
     if not grads:
         raise ValueError("give at least one gradient source")
@@ -530,7 +637,7 @@ def _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, pro
     grads = computed
     if previous is not None and same:
         previous = {**previous, "grad": [g for g in previous.get("grad", []) if g not in same]}
-    cells = _Cells(base["metric"], previous)
+    cells = _Cells(base["metric"], previous, tuple(extras))
     cells.add_grid(grads, eps)
     todo = cells.missing(computed, eps)
     reused = len(cells.missing(grads, eps)) < len(grads) * len(set(map(float, eps)))
@@ -566,7 +673,8 @@ def _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, pro
             log.info("%s grad=%s eps=%g: %.1f s", name, g, e, time.perf_counter() - t0)
             cells.cells[(g, e)] = (score(torch.cat(outs).numpy()),
                                    float(torch.cat(inf_norms).mean()),
-                                   float(torch.cat(l2_norms).mean()), int(attack.n_grad_calls))
+                                   float(torch.cat(l2_norms).mean()), int(attack.n_grad_calls),
+                                   *(get(attack) for get in extras.values()))
             if on_update is not None:
                 on_update(report())
     finally:
@@ -608,15 +716,19 @@ def subsample(dataset: Dataset, max_items: int | None, seed: int) -> Dataset:
 
 
 def report_rows(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """The report as a table: columns ``ε`` then one per gradient source (then mean L∞ per
-    source); rows ``clean``, each ε, and ``theory`` for hashing attacks."""
+    """The report as a table: columns ``ε (L∞)`` or ``ε (L2)`` (the report's norm) then one
+    per gradient source (then the mean perturbation size in that norm per source); rows
+    ``clean``, each ε, and ``theory`` for hashing attacks."""
     metric, grads = report["metric"], report["grad"]
-    header = ["ε"] + [f"{metric} ({g})" for g in grads] + [f"L∞ ({g})" for g in grads]
+    size = "l2" if report.get("norm") == "l2" else "linf"
+    shown = "L2" if size == "l2" else "L∞"
+    header = ([eps_label(report.get("norm"))] + [f"{metric} ({g})" for g in grads]
+              + [f"{shown} ({g})" for g in grads])
     blank = [None] * len(grads)
     rows: list[list[Any]] = [["clean"] + [report[f"clean_{metric}"]] * len(grads) + blank]
     for i, e in enumerate(report["eps"]):
         rows.append([f"{e:g}"] + [report[metric][g][i] for g in grads]
-                    + [report["linf"][g][i] for g in grads])
+                    + [report[size][g][i] for g in grads])
     if report.get("theory_map") is not None:
         rows.append(["theory (−h)"] + [report["theory_map"]] * len(grads) + blank)
     return header, rows

@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 
-from retrieval_bio.attacks import ATTACKS, FGSM, HAG, PGD, SDHA, Square
+from retrieval_bio.attacks import APGD, APGDT, ATTACKS, FGSM, HAG, PGD, SDHA, AutoAttack, Square
 from retrieval_bio.models import binarize
 
 HASH_ATTACKS = ("hag", "sdha")
-CLASSIFY_ATTACKS = ("fgsm", "pgd", "square")
+CLASSIFY_ATTACKS = ("fgsm", "pgd", "square", "apgd", "apgd-t", "auto")
 
 
 def make(name, model, eps, digits, **kw):
@@ -25,6 +25,12 @@ def make(name, model, eps, digits, **kw):
         return FGSM(model, eps, **kw)
     if name == "pgd":
         return PGD(model, eps, steps=3, random_start=True, **kw)
+    if name == "apgd":
+        return APGD(model, eps, n_iter=5, **kw)
+    if name == "apgd-t":
+        return APGDT(model, eps, n_iter=4, n_target_classes=2, **kw)
+    if name == "auto":
+        return AutoAttack(model, eps, n_iter=4, n_target_classes=2, n_queries=10, **kw)
     return Square(model, eps, n_queries=30, **kw)
 
 
@@ -49,6 +55,27 @@ def test_within_eps_ball_and_pixel_range(name, eps, models, digits):
     assert (adv - x).abs().max().item() <= eps + 1e-6
     assert adv.min().item() >= 0.0 and adv.max().item() <= 1.0
     assert not torch.equal(adv, x)  # the attack did move
+
+
+@pytest.mark.parametrize("name", CLASSIFY_ATTACKS)
+@pytest.mark.parametrize("eps", [0.3, 2.0])
+def test_l2_within_eps_ball_and_pixel_range(name, eps, models, digits):
+    x, y = digits.query.images[:64], digits.query.labels[:64]
+    adv = make(name, models[name], eps, digits, grad="model", norm="l2")(x, y)
+    assert adv.shape == x.shape and adv.dtype == x.dtype
+    l2 = (adv - x).flatten(1).norm(dim=1)
+    # 1e-6 relative: points within float rounding of the sphere count as on it (base.py)
+    assert l2.max().item() <= eps * (1 + 1e-6) + 1e-6
+    assert adv.min().item() >= 0.0 and adv.max().item() <= 1.0
+    assert not torch.equal(adv, x)
+
+
+@pytest.mark.parametrize("name", HASH_ATTACKS)
+def test_hashing_attacks_refuse_l2(name, models, digits):
+    with pytest.raises(ValueError, match="implements norm 'linf' only"):
+        make(name, models[name], 0.1, digits, norm="l2")
+    with pytest.raises(ValueError, match="norm must be one of"):
+        PGD(models["pgd"], 0.1, norm="l1")
 
 
 @pytest.mark.parametrize("name", HASH_ATTACKS)
@@ -84,7 +111,7 @@ def test_deterministic_and_global_rng_untouched(name, models, digits):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("name", ["pgd", "square"])
+@pytest.mark.parametrize("name", ["pgd", "square", "apgd"])
 def test_seed_changes_random_choices(name, models, digits):
     x, y = digits.query.images[:32], digits.query.labels[:32]
     a = make(name, models[name], 0.1, digits, grad="model", seed=0)(x, y)
@@ -144,7 +171,7 @@ def test_rejects_bad_arguments(classifier, digits):
         FGSM(classifier, 0.1)(digits.query.images[:2] * 2, digits.query.labels[:2])
 
 
-@pytest.mark.parametrize("name", ["hag", "pgd"])
+@pytest.mark.parametrize("name", ["hag", "pgd", "apgd"])
 def test_works_inside_no_grad(name, models, digits):
     x, y = digits.query.images[:16], digits.query.labels[:16]
     expected = make(name, models[name], 0.1, digits, grad="model")(x, y)

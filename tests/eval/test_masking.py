@@ -180,7 +180,12 @@ def test_pgd_presets(digits, linear):
     assert check_attack_options("pgd", None, preset="pepita", **opts) == \
         [0.0, 0.1, 0.2, 0.3, 0.5, 1.0]
     assert check_attack_options("pgd", None, preset="paper", **opts)[-1] == 0.5
-    with pytest.raises(ConfigError, match="not a preset of pgd; choose paper or pepita"):
+    # seed 002 (ep.md §2.2): PGD-20 of step ε/8 from x, at the budgets its code ran
+    ep = PGD(linear, 0.02154, preset="ep")
+    assert (ep.steps, ep.alpha, ep.random_start) == (20, 0.02154 / 8, False)
+    assert check_attack_options("pgd", None, preset="ep", **opts) == \
+        [0.0, 0.00464, 0.01, 0.02154, 0.03137, 0.1, 1.0]
+    with pytest.raises(ConfigError, match="not a preset of pgd; choose paper or pepita or ep"):
         check_attack_options("pgd", None, preset="reference", **opts)
     with pytest.raises(ConfigError, match="--preset applies to .* not 'fgsm'"):
         check_attack_options("fgsm", None, preset="pepita", **opts)

@@ -106,7 +106,7 @@ def test_hash_report_schema_budget_and_effect(hash_frsf, hag_report):
     assert json.loads(json_path.read_text()) == rep
     assert_png(png_path)
     header, rows = report_rows(rep)
-    assert header[:3] == ["ε", "map (exact)", "map (model)"]
+    assert header[:3] == ["ε (L∞)", "map (exact)", "map (model)"]
     assert [r[0] for r in rows] == ["clean", "0", "0.02", "0.5", "theory (−h)"]
 
 
