@@ -278,13 +278,13 @@ def _data_options(items: list[str] | None, flag: str = "--data-opt") -> dict | N
     return out
 
 
-def _int_list(text: str | None, what: str) -> list[int] | None:
+def _int_list(text: str | None, what: str, example: str = "60,90") -> list[int] | None:
     if text is None:
         return None
     try:
         return [int(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
-        _fail(f"{what} takes whole numbers separated by commas, e.g. 60,90; got {text!r}")
+        _fail(f"{what} takes whole numbers separated by commas, e.g. {example}; got {text!r}")
 
 
 def _betas(text: str | None) -> list[float] | None:
@@ -618,7 +618,7 @@ def attack_cmd(
     eps_list = _float_list(eps, "--eps")
     kept = (f"every (source, ε) cell finished before the interrupt is kept in "
             f"{report_dir or run}/attack-{name}-*.json; run the same command again to continue")
-    lengths = _int_list(t_attack, "--t-attack")
+    lengths = _int_list(t_attack, "--t-attack", "2,10,30,70")
     common = dict(grads=grads, steps=steps, preset=preset, max_queries=num_images,
                   batch_size=batch_size, device=device, seed=seed, weights=weights,
                   overwrite=overwrite, out_dir=report_dir, skip_bad=skip_bad,

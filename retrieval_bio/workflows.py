@@ -316,6 +316,10 @@ def attack_run(
                               f"relaxation")
         if t_attack < 1:
             raise ConfigError(f"--t-attack must be >= 1 step, got {t_attack}")
+        if attack in GRADIENT_FREE:
+            raise ConfigError(f"{attack} is gradient-free: it queries predictions, which relax "
+                              f"t_eval steps; --t-attack (the unroll a gradient "
+                              f"differentiates) does not apply")
     wpath = run_weights(run_dir, weights)
     settings = {"attack": attack, "steps": steps, "preset": preset, "num_images": max_queries,
                 "seed": int(seed), "batch_size": int(batch_size), "k": cfg.k,
