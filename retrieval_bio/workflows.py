@@ -382,18 +382,7 @@ def attack_run(
         "settings": settings, "key": key, "weights": used, "path": str(json_path),
         **dynamics,
     }
-    write_errors: list[str] = []
-
-    def persist(report: dict[str, Any]) -> None:
-        report.update(provenance, time_s=round(time.perf_counter() - t0, 2))
-        report["notes"] = list(dict.fromkeys(notes + report["notes"]))
-        try:
-            atomic_write_json(json_path, report)
-        except OSError as e:  # keep attacking: the results are returned and shown
-            if not write_errors:
-                write_errors.append(f"{json_path} could not be written ({e}); the results "
-                                    f"are only shown")
-                log.warning(write_errors[0])
+    persist, write_errors = _report_writer(json_path, provenance, notes, t0)
 
     common = dict(grads=grads, same_grads=same_grads, steps=steps, batch_size=batch_size,
                   device=dev, seed=seed, attack_kwargs=attack_kwargs, progress=progress,
@@ -480,6 +469,29 @@ def t_attack_sweep(
         except OSError as e:
             sweep["notes"].append(f"{png_path} not written: {e}")
     return sweep
+
+
+def _report_writer(
+    json_path: Path, provenance: dict[str, Any], notes: list[str], t0: float,
+) -> tuple[Any, list[str]]:
+    """``(persist, errors)``: ``persist(report)`` adds the provenance, the elapsed time and
+    ``notes`` to a growing report and writes it atomically to ``json_path``; a write that
+    fails is recorded once in ``errors`` (the caller carries on: the results are returned
+    and shown) instead of stopping the computation."""
+    errors: list[str] = []
+
+    def persist(report: dict[str, Any]) -> None:
+        report.update(provenance, time_s=round(time.perf_counter() - t0, 2))
+        report["notes"] = list(dict.fromkeys(notes + report["notes"]))
+        try:
+            atomic_write_json(json_path, report)
+        except OSError as e:
+            if not errors:
+                errors.append(f"{json_path} could not be written ({e}); the results are "
+                              f"only shown")
+                log.warning(errors[0])
+
+    return persist, errors
 
 
 def cross_check(
@@ -752,18 +764,7 @@ def corrupt_run(
         "resized_from": CIFAR_C_SIZE if folder is not None and cfg.image_size != CIFAR_C_SIZE
         else None, "clean_images": clean_images,
     }
-    write_errors: list[str] = []
-
-    def persist(report: dict[str, Any]) -> None:
-        report.update(provenance, time_s=round(time.perf_counter() - t0, 2))
-        report["notes"] = list(dict.fromkeys(notes + report["notes"]))
-        try:
-            atomic_write_json(json_path, report)
-        except OSError as e:  # keep evaluating: the results are returned and shown
-            if not write_errors:
-                write_errors.append(f"{json_path} could not be written ({e}); the results "
-                                    f"are only shown")
-                log.warning(write_errors[0])
+    persist, write_errors = _report_writer(json_path, provenance, notes, t0)
 
     report = corruption_sweep(run.model, data, names, sev, seed=seed, batch_size=batch_size,
                               device=dev, progress=progress, previous=previous,
