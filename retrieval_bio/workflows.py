@@ -420,7 +420,7 @@ def t_attack_sweep(
     source, ε).
 
     Each length is an ordinary :func:`attack_run` report (reused and continued like any
-    other); the sweep writes ``attack-<name>-tsweep-<key>.json`` (``key``: the digest of
+    other); the sweep writes ``tsweep-<name>-<key>.json`` (``key``: the digest of
     the shared settings and the lengths) and its ``.png``.
 
     Args:
@@ -447,7 +447,8 @@ def t_attack_sweep(
     shared = {k: v for k, v in first["settings"].items() if k != "t_attack"}
     key = settings_key({**shared, "t_attack": lengths})
     dest = Path(first["path"]).parent if first.get("path") else Path(run_dir)
-    json_path, png_path = report_paths(dest, attack, f"tsweep-{key}")
+    # not attack-*.json: a sweep summary is not an attack report (compare/report read those)
+    json_path, png_path = dest / f"tsweep-{attack}-{key}.json", dest / f"tsweep-{attack}-{key}.png"
     sweep = {"attack": attack, "t_attack": lengths, "t_eval": first.get("t_eval"),
              "eps": eps_, "grad": grads, "accuracy": acc, "clean_accuracy":
              first.get("clean_accuracy"), "rule": first.get("rule"),

@@ -68,7 +68,7 @@ def test_ep_reports_exact_and_model_columns_and_the_t_sweep_plots(ep_run, tmp_pa
                                  "40", "--t-attack", "3,12", "--report-dir", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert "fgsm vs t_attack" in r.output
-    sweep_file = next(tmp_path.glob("attack-fgsm-tsweep-*.json"))
+    sweep_file = next(tmp_path.glob("tsweep-fgsm-*.json"))
     sweep = read_json(sweep_file)
     assert sweep["t_attack"] == [3, 12] and sweep["grad"] == ["exact", "model"]
     assert sweep_file.with_suffix(".png").read_bytes().startswith(PNG_SIGNATURE)
