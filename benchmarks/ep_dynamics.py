@@ -23,33 +23,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+# the benchmarks' one interleaved timer (run as a script, benchmarks/ is on sys.path)
+from learner_steps import interleaved
+
 from retrieval_bio.learners import EquilibriumPropagation, StepContext
 from retrieval_bio.models import create_model
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved(steps: dict, rounds: int, device: torch.device) -> dict[str, list[float]]:
-    names = list(steps)
-    for n in names:  # warm-up
-        steps[n]()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for i in range(rounds):
-        for n in names[i % len(names):] + names[:i % len(names)]:
-            _sync(device)
-            t0 = time.perf_counter()
-            steps[n]()
-            _sync(device)
-            times[n].append(time.perf_counter() - t0)
-    return times
 
 
 def ratio(times: dict[str, list[float]], num: str, den: str) -> float:
@@ -90,7 +72,7 @@ def main() -> None:
         return run
 
     times = interleaved({"explicit": relax(net.step), "autograd": relax(net.step_autograd)},
-                        args.rounds, device)
+                        args.rounds, 1, device)
     per_step = {k: statistics.median(v) / args.relax_steps for k, v in times.items()}
     print("1. relaxation steps/s: explicit {:.2f}, autograd of Phi {:.2f}; explicit is "
           "{:.2f}x faster (issue expects >= 1.3)".format(
@@ -115,7 +97,7 @@ def main() -> None:
         bp.zero_grad()
         objective(bp(images), labels).backward()
 
-    times = interleaved({"ep": ep_step, "bp": bp_step}, args.rounds, device)
+    times = interleaved({"ep": ep_step, "bp": bp_step}, args.rounds, 1, device)
     relaxations = args.t_free + 2 * args.t_nudge
     r = ratio(times, "ep", "bp")
     full = 250 + 2 * 30

@@ -333,15 +333,8 @@ def attack_run(
     notes: list[str] = []
     dest = output_dir(run_dir, out_dir, notes)
     json_path, png_path = report_paths(dest, attack, key)
-    previous = None if overwrite else (read_json(json_path) or None)
+    previous = _previous_report(json_path, wpath, overwrite)
     t0 = time.perf_counter()
-    if previous is not None:  # digest the file (open_run digests it again when it loads it)
-        before = previous.get("weights") or {}
-        if before.get("sha256") not in (None, file_digest(wpath)):
-            raise ConfigError(
-                f"{json_path} was computed from other weights ({before.get('file')}, epoch "
-                f"{before.get('epoch')}) than {wpath} holds now; pass --overwrite to "
-                f"recompute it")
     effective = [NO_GRAD] if attack in GRADIENT_FREE else list(dict.fromkeys(grads))
     same_grads = not (has_feedback_path(cfg.rule) or has_own_gradient(cfg.backbone))
     options = "".join(f" --{k} {v}" for k, v in (("num-images", max_queries), ("seed", seed),
@@ -470,6 +463,25 @@ def t_attack_sweep(
         except OSError as e:
             sweep["notes"].append(f"{png_path} not written: {e}")
     return sweep
+
+
+def _previous_report(json_path: Path, weights: Path, overwrite: bool) -> dict[str, Any] | None:
+    """The report already at ``json_path`` whose cells a re-run keeps (``None`` with
+    ``overwrite`` or when there is none).
+
+    Raises:
+        ConfigError: it was computed from other weights than ``weights`` holds now (the
+            file is digested here; ``open_run`` digests it again when it loads it).
+    """
+    previous = None if overwrite else (read_json(json_path) or None)
+    if previous is not None:
+        before = previous.get("weights") or {}
+        if before.get("sha256") not in (None, file_digest(weights)):
+            raise ConfigError(
+                f"{json_path} was computed from other weights ({before.get('file')}, epoch "
+                f"{before.get('epoch')}) than {weights} holds now; pass --overwrite to "
+                f"recompute it")
+    return previous
 
 
 def _report_writer(
@@ -685,14 +697,7 @@ def corrupt_run(
     notes: list[str] = []
     dest = output_dir(run_dir, out_dir, notes)
     json_path, png_path = dest / f"corruption-{key}.json", dest / f"corruption-{key}.png"
-    previous = None if overwrite else (read_json(json_path) or None)
-    if previous is not None:
-        before = previous.get("weights") or {}
-        if before.get("sha256") not in (None, file_digest(wpath)):
-            raise ConfigError(
-                f"{json_path} was computed from other weights ({before.get('file')}, epoch "
-                f"{before.get('epoch')}) than {wpath} holds now; pass --overwrite to "
-                f"recompute it")
+    previous = _previous_report(json_path, wpath, overwrite)
     names = corruption_order(corruptions if corruptions is not None else
                              folder.corruptions if folder is not None else CORRUPTIONS.names())
     t0 = time.perf_counter()
