@@ -147,7 +147,7 @@ class EPConvNet(nn.Module):
     def _drives(self, x: torch.Tensor, states: Sequence[torch.Tensor], first=None):
         """Bottom-up drives of every layer, their pool indices and the pre-pool sizes;
         ``first``: layer 1's, when already known (it depends on x alone)."""
-        out = [first or self._drive(0, x)]
+        out = [first if first is not None else self._drive(0, x)]
         out += [self._drive(n, s) for n, s in enumerate(states[:-1], start=1)]
         drives, indices, sizes = zip(*out, strict=True)
         return list(drives), list(indices), list(sizes)
