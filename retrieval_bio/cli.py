@@ -168,6 +168,12 @@ RUN_OPTIONS: list[tuple[str, Any, Any, tuple[str, ...]]] = [
                                              "repeatable (mlp: hidden=[1024], dropout=0.1, "
                                              "bias=true, output_bias=true, grey=true)."),
      ANY),
+    ("frontend", str | None, _opt("--frontend", help="Structural front end before the "
+                                  "backbone: none | polarizing | sparse-coding (seed 004)."),
+     ANY),
+    ("frontend_options", list[str] | None, _opt("--frontend-opt", help="Front-end option "
+                                                "KEY=VALUE, repeatable (polarizing: threshold="
+                                                "0.3, stage_epochs=[20,20])."), ANY),
     ("loss", str | None, _opt("--loss", help="auto (hyp2 for hash, cross-entropy for "
                               "classify) | cross-entropy | mse-softmax | hyp2."),
      ANY),
@@ -326,6 +332,7 @@ def _train(stage: str, **given: Any) -> None:
     given["dataset_options"] = _data_options(given.pop("data_opt"))
     given["learner_options"] = _data_options(given.get("learner_options"), "--learner-opt")
     given["model_options"] = _data_options(given.get("model_options"), "--model-opt")
+    given["frontend_options"] = _data_options(given.get("frontend_options"), "--frontend-opt")
     given["betas"] = _betas(given.get("betas"))
     given["milestones"] = _int_list(given.get("milestones"), "--milestones")
     given["layer_lrs"] = _float_list(given.get("layer_lrs"), "--layer-lrs")

@@ -53,6 +53,8 @@ class RunConfig:
     scale: str = "norm"
     learner_options: dict[str, Any] = field(default_factory=dict)  # e.g. pepita output_error
     model_options: dict[str, Any] = field(default_factory=dict)  # e.g. mlp hidden, grey
+    frontend: str = "none"  # structural front end in front of the backbone (seed 004)
+    frontend_options: dict[str, Any] = field(default_factory=dict)  # e.g. threshold: 0.3
     loss: str = "auto"  # auto: hyp2 (hash) / cross-entropy (classify); or mse-softmax
     dataset: str = "digits"
     root: str | None = None
@@ -120,9 +122,14 @@ class RunConfig:
         from .index import INDEX_KINDS  # late: keep `import config` light
         from .learners import MIXES, TRAINING_ATTACKS, rule_names
         from .losses import LOSSES
+        from .models.frontends import frontend_names
         from .train.optim import OPTIMIZERS, SCHEDULES
 
         _choice("rule", self.rule, rule_names())
+        _choice("frontend", self.frontend, ("none", *frontend_names()))
+        if self.frontend_options and self.frontend == "none":
+            raise ConfigError("frontend_options are given but frontend is none; set "
+                              "--frontend (see 'retrieval-bio list frontends')")
         _choice("index", self.index, tuple(INDEX_KINDS))
         _choice("loss", self.loss, ("auto", *LOSSES.names()))
         _choice("optimizer", self.optimizer, tuple(OPTIMIZERS.names()))

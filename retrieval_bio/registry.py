@@ -74,10 +74,11 @@ def registries() -> dict[str, Registry]:
     from .index import INDEX_KINDS
     from .learners import LEARNERS
     from .losses import LOSSES
-    from .models import BACKBONES
+    from .models import BACKBONES, FRONTENDS
     from .rules import RULE_REGISTRY
     from .train.optim import OPTIMIZERS, SCHEDULES
 
-    return {"backbones": BACKBONES, "rules": RULE_REGISTRY, "datasets": DATASETS,
-            "learners": LEARNERS, "losses": LOSSES, "attacks": ATTACKS, "indexes": INDEX_KINDS,
+    return {"backbones": BACKBONES, "frontends": FRONTENDS, "rules": RULE_REGISTRY,
+            "datasets": DATASETS, "learners": LEARNERS, "losses": LOSSES, "attacks": ATTACKS,
+            "indexes": INDEX_KINDS,
             "optimizers": OPTIMIZERS, "schedules": SCHEDULES}

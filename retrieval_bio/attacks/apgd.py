@@ -13,6 +13,7 @@ were read to settle details the paper leaves open (noted where they are used, an
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -149,9 +150,9 @@ class APGD(Attack):
         self, model: nn.Module, eps: float, *, norm: str = "linf", loss: str = "ce",
         n_iter: int = 100, n_restarts: int = 1, targeted: bool = False,
         n_target_classes: int = 9, rho: float = RHO, random_start: bool = True,
-        grad: str = "exact", seed: int = 0,
+        grad: str = "exact", seed: int = 0, **options: Any,
     ) -> None:
-        super().__init__(model, eps, grad=grad, seed=seed, norm=norm)
+        super().__init__(model, eps, grad=grad, seed=seed, norm=norm, **options)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         for name, value in (("n_iter", n_iter), ("n_restarts", n_restarts),
@@ -342,9 +343,9 @@ class APGDT(APGD):
     def __init__(
         self, model: nn.Module, eps: float, *, norm: str = "linf", n_iter: int = 100,
         n_restarts: int = 1, n_target_classes: int = 9, rho: float = RHO,
-        random_start: bool = True, grad: str = "exact", seed: int = 0,
+        random_start: bool = True, grad: str = "exact", seed: int = 0, **options: Any,
     ) -> None:
         super().__init__(model, eps, norm=norm, loss="dlr", n_iter=n_iter,
                          n_restarts=n_restarts, targeted=True,
                          n_target_classes=n_target_classes, rho=rho,
-                         random_start=random_start, grad=grad, seed=seed)
+                         random_start=random_start, grad=grad, seed=seed, **options)

@@ -11,6 +11,8 @@ APGD-DLR + DeepFool + Square): see ``docs/attacks.md``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 
@@ -62,15 +64,16 @@ class AutoAttack(Attack):
     def __init__(
         self, model: nn.Module, eps: float, *, norm: str = "linf", n_iter: int = 100,
         n_restarts: int = 1, n_target_classes: int = 9, n_queries: int = 5000,
-        p_init: float = 0.8, grad: str = "exact", seed: int = 0,
+        p_init: float = 0.8, grad: str = "exact", seed: int = 0, **options: Any,
     ) -> None:
-        super().__init__(model, eps, grad=grad, seed=seed, norm=norm)
+        super().__init__(model, eps, grad=grad, seed=seed, norm=norm, **options)
         common = dict(norm=norm, grad=grad, seed=seed)
+        # bpda / eot shape the APGD parts' gradients; Square is gradient-free
         self.parts: dict[str, APGD | Square] = {
             "apgd-ce": APGD(model, eps, loss="ce", n_iter=n_iter, n_restarts=n_restarts,
-                            **common),
+                            **common, **options),
             "apgd-t": APGDT(model, eps, n_iter=n_iter, n_restarts=n_restarts,
-                            n_target_classes=n_target_classes, **common),
+                            n_target_classes=n_target_classes, **common, **options),
             "square": Square(model, eps, n_queries=n_queries, p_init=p_init, **common),
         }
         self.n_iter = int(n_iter)

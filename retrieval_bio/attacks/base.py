@@ -16,7 +16,19 @@ Conventions (SPEC §1, §2, §7, §8):
 * gradients are taken with ``torch.autograd.grad`` with respect to the input only, so model
   parameters never accumulate ``.grad`` and no weight gradients are computed;
 * random choices (random starts, Square's squares) come from a ``torch.Generator`` seeded with
-  ``seed`` at every call, so a call is deterministic and the global RNG is never touched.
+  ``seed`` at every call, so a call is deterministic and the global RNG is never touched; a
+  model with random ops of its own (a front end's dropout) has them restarted from ``seed``
+  at every call too;
+* ``bpda=`` chooses the backward of the model's non-differentiable ops (quantisers, top-T,
+  dropout masks; :func:`retrieval_bio.models.frontends.bpda`): ``None`` differentiates them
+  as they are (for a quantiser: a zero gradient, the *obfuscated* number), ``"identity"``
+  passes the gradient straight through, ``"smooth"`` uses seed 004's smooth surrogates.
+  It is orthogonal to ``grad`` (which feedback path a learning rule's layers use);
+* ``eot=N`` (expectation over transformation, Athalye et al. 2018) averages N forward +
+  backward passes, each with fresh randomness, into one gradient: ``eot_reduce="mean"``
+  (the plain average), ``"normalized"`` (the average of ∇_r/‖∇_r‖₂ per image, seed 004's
+  choice) or ``"sign"`` (the average of sign ∇_r). With N = 1 the one gradient is used as
+  it is, so ``eot=1`` is the plain attack.
 """
 
 from __future__ import annotations
@@ -30,10 +42,14 @@ import torch
 import torch.nn as nn
 
 from ..losses.cross_entropy import class_indices  # noqa: F401  (the attacks' public name)
+from ..models.frontends import bpda as bpda_mode
+from ..models.frontends import describe_bpda, reseed, resolve_bpda
 from ..progress import Progress, ensure
 from ..registry import Registry
 
 GRAD_SOURCES = ("exact", "model")
+#: how the N gradients of an EOT step are combined (see the module docstring)
+EOT_REDUCERS = ("mean", "normalized", "sign")
 #: Threat models: ``"linf"`` (max over entries) and ``"l2"`` (Euclidean over C·H·W), [0, 1] pixels.
 NORMS = ("linf", "l2")
 #: Printable names of :data:`NORMS` (tables, plots, messages).
@@ -59,6 +75,11 @@ class Attack:
         seed: seeds the attack's private ``torch.Generator`` at every call.
         norm: ``"linf"`` (default) or ``"l2"`` (over all C·H·W entries of an image); an
             attack class lists the norms it implements in ``norms``.
+        bpda: backward of the model's non-differentiable ops: ``None`` (as they are), a
+            name of :data:`~retrieval_bio.models.frontends.BPDA_PRESETS` (``"identity"``,
+            ``"smooth"``) or a mapping (see :func:`~retrieval_bio.models.frontends.bpda`).
+        eot: gradient samples averaged per step (fresh randomness in each).
+        eot_reduce: ``"mean"``, ``"normalized"`` (default) or ``"sign"``.
 
     Attributes:
         n_grad_calls: forward+backward passes (input-gradient evaluations) made so far.
@@ -69,9 +90,13 @@ class Attack:
     #: the norms this attack implements (a subclass narrows it, e.g. the hashing attacks).
     norms: tuple[str, ...] = NORMS
 
+    #: whether the attack uses input gradients (a gradient-free one refuses bpda and eot)
+    uses_gradients = True
+
     def __init__(
         self, model: nn.Module, eps: float, *, grad: str = "exact", seed: int = 0,
-        norm: str = "linf",
+        norm: str = "linf", bpda: str | dict[str, Any] | None = None, eot: int = 1,
+        eot_reduce: str = "normalized",
     ) -> None:
         if not (eps >= 0 and math.isfinite(eps)):
             raise ValueError(f"eps must be a finite number >= 0, got {eps}")
@@ -83,6 +108,16 @@ class Attack:
             raise ValueError(f"{type(self).__name__} implements norm "
                              f"{' or '.join(map(repr, self.norms))} only, got {norm!r}; use "
                              f"norm={self.norms[0]!r}")
+        if isinstance(eot, bool) or not isinstance(eot, int) or eot < 1:
+            raise ValueError(f"eot must be a whole number >= 1, got {eot!r}")
+        if eot_reduce not in EOT_REDUCERS:
+            raise ValueError(f"eot_reduce must be one of {EOT_REDUCERS}, got {eot_reduce!r}")
+        self.bpda = None if bpda in (None, "none") else resolve_bpda(bpda)
+        if not self.uses_gradients and (self.bpda is not None or eot > 1):
+            raise ValueError(f"{type(self).__name__} is gradient-free: bpda and eot do not "
+                             f"apply to it")
+        self.eot = eot
+        self.eot_reduce = eot_reduce
         self.model = model
         self.eps = float(eps)
         self.grad = grad
@@ -113,6 +148,7 @@ class Attack:
         if labels is not None:
             labels = labels.detach().to(self.device)
         progress = ensure(progress)
+        reseed(self.model, self.seed)
         with eval_mode(self.model):
             gen = torch.Generator(device=x.device).manual_seed(self.seed)
             adv = self.forward(x, labels, gen, progress)
@@ -139,8 +175,13 @@ class Attack:
         return p.device
 
     def __repr__(self) -> str:
+        extra = ""
+        if self.bpda is not None:
+            extra += f", bpda={describe_bpda(self.bpda)!r}"
+        if self.eot > 1:
+            extra += f", eot={self.eot}, eot_reduce={self.eot_reduce!r}"
         return (f"{type(self).__name__}(eps={self.eps:g}, norm={self.norm!r}, "
-                f"grad={self.grad!r}, seed={self.seed})")
+                f"grad={self.grad!r}, seed={self.seed}{extra})")
 
     # -- helpers for subclasses ----------------------------------------------------------
 
@@ -188,25 +229,35 @@ class Attack:
         return g / _per_image(l2_norms(g), g).clamp_min(1e-12)
 
     def gradient_source(self) -> contextlib.AbstractContextManager:
-        """Context under which forward *and* backward run: exact (through W) or the model's."""
-        return gradient_mode(self.model, self.grad)
+        """Context under which forward *and* backward run: exact (through W) or the model's,
+        with the BPDA backward of non-differentiable ops."""
+        return gradient_mode(self.model, self.grad, bpda=self.bpda)
 
     def input_grad(
         self, x: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward + one backward: ``(loss, d loss / d x)`` for ``loss_fn(model(x), x)``.
+        """``eot`` forward + backward passes: ``(loss, d loss / d x)`` for
+        ``loss_fn(model(x), x)``, the EOT reduction of the ``eot`` gradients (one pass: its
+        gradient as it is).
 
         The gradient is taken w.r.t. ``x`` only (``torch.autograd.grad``), through the
-        chosen gradient source. Returns the detached scalar loss and the gradient (x's shape).
+        chosen gradient source and BPDA setting. Returns the detached scalar loss (the mean
+        over the passes) and the gradient (x's shape).
         """
         x = x.detach().requires_grad_(True)
+        losses, grads = [], []
         with torch.enable_grad(), self.gradient_source(), _frozen(self.model):
-            out = self.model(x)
-            loss = loss_fn(out, x)
-            (g,) = torch.autograd.grad(loss, x)
-        self.n_forward_calls += 1
-        self.n_grad_calls += 1
-        return loss.detach(), g
+            for _ in range(self.eot):
+                out = self.model(x)
+                loss = loss_fn(out, x)
+                (g,) = torch.autograd.grad(loss, x)
+                losses.append(loss.detach())
+                grads.append(g)
+        self.n_forward_calls += self.eot
+        self.n_grad_calls += self.eot
+        if self.eot == 1:
+            return losses[0], grads[0]
+        return torch.stack(losses).mean(0), eot_reduce(torch.stack(grads), self.eot_reduce)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -214,6 +265,21 @@ class Attack:
         self.n_forward_calls += 1
         return self.model(x)
 
+
+
+def eot_reduce(grads: torch.Tensor, how: str) -> torch.Tensor:
+    """One gradient from ``grads`` ``(R, N, ...)``, R samples of the gradient of N images:
+    ``"mean"`` averages them; ``"normalized"`` averages ∇_r/(‖∇_r‖₂ + 1e-12) per image (a
+    zero gradient contributes zero, never NaN: the authors' code divided by ‖∇‖ alone,
+    seed 004 §7.5); ``"sign"`` averages sign(∇_r)."""
+    if how == "mean":
+        return grads.mean(0)
+    if how == "sign":
+        return grads.sign().mean(0)
+    if how == "normalized":
+        norms = grads.flatten(2).norm(dim=2).view(*grads.shape[:2], *([1] * (grads.ndim - 2)))
+        return (grads / (norms + 1e-12)).mean(0)
+    raise ValueError(f"eot_reduce must be one of {EOT_REDUCERS}, got {how!r}")
 
 
 def l2_norms(x: torch.Tensor) -> torch.Tensor:
@@ -240,7 +306,8 @@ def _per_image(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def gradient_mode(model: nn.Module, source: str) -> Iterator[None]:
+def gradient_mode(model: nn.Module, source: str, *, bpda: str | dict[str, Any] | None = None
+                  ) -> Iterator[None]:
     """Forward and backward of ``model`` under gradient source ``source`` for the duration.
 
     ``"exact"`` makes every feedback layer back-propagate through W
@@ -248,7 +315,8 @@ def gradient_mode(model: nn.Module, source: str) -> Iterator[None]:
     backward. Any submodule with a ``gradient_mode(source)`` context manager is entered too:
     that is how a model whose forward is a computation an attacker cannot differentiate as is
     (an energy-based net's relaxation, :class:`retrieval_bio.models.ep.EPConvNet`) says what
-    each source differentiates.
+    each source differentiates. ``bpda`` sets the backward of the model's non-differentiable
+    ops (:func:`retrieval_bio.models.frontends.bpda`; ``None``: as they are).
     """
     if source not in GRAD_SOURCES:
         raise ValueError(f"grad must be one of {GRAD_SOURCES}, got {source!r}")
@@ -262,6 +330,8 @@ def gradient_mode(model: nn.Module, source: str) -> Iterator[None]:
             hook = getattr(m, "gradient_mode", None)
             if callable(hook):
                 stack.enter_context(hook(source))
+        if bpda is not None:
+            stack.enter_context(bpda_mode(model, bpda))
         yield
 
 

@@ -3,6 +3,8 @@ its L2 counterpart (the fast gradient method: one step of ε along the normalise
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -31,9 +33,9 @@ class FGSM(Attack):
 
     def __init__(
         self, model: nn.Module, eps: float, *, grad: str = "exact", seed: int = 0,
-        norm: str = "linf",
+        norm: str = "linf", **options: Any,
     ) -> None:
-        super().__init__(model, eps, grad=grad, seed=seed, norm=norm)
+        super().__init__(model, eps, grad=grad, seed=seed, norm=norm, **options)
 
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator,

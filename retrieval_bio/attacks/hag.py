@@ -17,6 +17,8 @@ Two details checked against SAAT (xandery-geek/SAAT, ``model/attack_model/hag.py
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 
@@ -134,10 +136,10 @@ class HAG(Attack):
         self, model: nn.Module, eps: float | None = None, steps: int | None = None, *,
         grad: str = "exact", preset: str | None = None, seed: int = 0, lr: float = 100.0,
         momentum: float = 0.9, t: float = 0.5, beta: float = 1.0, ref_batch: int = 32,
-        balance: str = "masked", norm: str = "linf",
+        balance: str = "masked", norm: str = "linf", **options: Any,
     ) -> None:
         v = resolve_preset(PRESETS, preset, eps=eps, steps=steps)
-        super().__init__(model, v["eps"], grad=grad, seed=seed, norm=norm)
+        super().__init__(model, v["eps"], grad=grad, seed=seed, norm=norm, **options)
         if int(v["steps"]) < 1:
             raise ValueError(f"steps must be >= 1, got {v['steps']}")
         self.steps = int(v["steps"])

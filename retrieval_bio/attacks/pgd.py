@@ -60,8 +60,9 @@ class PGD(Attack):
         self, model: nn.Module, eps: float, *, alpha: float | None = None,
         steps: int | None = None, random_start: bool | None = None,
         preset: str | None = None, grad: str = "exact", seed: int = 0, norm: str = "linf",
+        **options: Any,
     ) -> None:
-        super().__init__(model, eps, grad=grad, seed=seed, norm=norm)
+        super().__init__(model, eps, grad=grad, seed=seed, norm=norm, **options)
         # alpha=None is a value of its own (ε/3), so only steps/random_start are resolved
         # by resolve_preset (which treats None as "not given") and alpha by hand.
         resolvable = {n: {k: p[k] for k in ("steps", "random_start")} for n, p in

@@ -19,6 +19,8 @@ each relevant set needs no (Q, N) autograd graph at all (:func:`_surrogate`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 
@@ -164,10 +166,10 @@ class SDHA(Attack):
         self, model: nn.Module, eps: float | None = None, steps: int | None = None,
         train_codes: torch.Tensor | None = None, train_labels: torch.Tensor | None = None, *,
         grad: str = "exact", preset: str | None = None, seed: int = 0, lr: float = 0.01,
-        ref_batch: int = 32, norm: str = "linf",
+        ref_batch: int = 32, norm: str = "linf", **options: Any,
     ) -> None:
         v = resolve_preset(PRESETS, preset, eps=eps, steps=steps)
-        super().__init__(model, v["eps"], grad=grad, seed=seed, norm=norm)
+        super().__init__(model, v["eps"], grad=grad, seed=seed, norm=norm, **options)
         if int(v["steps"]) < 1:
             raise ValueError(f"steps must be >= 1, got {v['steps']}")
         if train_codes is None or train_labels is None:

@@ -106,6 +106,7 @@ class Square(Attack):
     ``(N,)`` class ids.
     """
 
+    uses_gradients = False
     name = "square"
 
     def __init__(

@@ -277,3 +277,212 @@ def corruption_plot(path: str | Path, report: Mapping[str, Any]) -> Path:
         plt.close(fig)
         raise
     return save_figure(fig, path)
+
+
+# ----------------------------------------------------------- layer-wise diagnostics (§1)
+# Figures for :mod:`retrieval_bio.eval.layerwise` (seed 004 ch. 3 and 5). Each takes either one
+# result or a mapping ``run label -> result`` (e.g. ``{"NT": ..., "AT": ...}``), so one figure
+# compares runs; layers are on x in first-seen order, a layer missing from a run is a gap.
+
+
+def _runs(data: Mapping[str, Any], is_result: Any, label: str) -> dict[str, Mapping[str, Any]]:
+    """``{label: data}`` when ``data`` is one result (``is_result(data)``), else ``data``."""
+    if not data or is_result(data):
+        return {label: data}
+    return dict(data)
+
+
+def _first_value(data: Mapping[str, Any]) -> Any:
+    return next(iter(data.values()))
+
+
+def _finite(v: Any) -> float:
+    """A value for a plot: None, NaN and ±inf become NaN (a gap, not an axis blow-up)."""
+    import math
+
+    if v is None:
+        return float("nan")
+    v = float(v)
+    return v if math.isfinite(v) else float("nan")
+
+
+def _layer_plot(
+    path: str | Path, runs: Mapping[str, Mapping[str, Any]], value: Any, ylabel: str,
+    title: str, *, ylim: tuple[float, float] | None = None, note: str | None = None,
+) -> Path:
+    """One line per run of ``value(result_of_layer)`` against the layer (names as ticks)."""
+    layers: list[str] = []
+    for res in runs.values():
+        layers.extend(n for n in res if n not in layers)
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.32 * len(layers) + 2.5), 4.4), dpi=120)
+    try:
+        for label, res in runs.items():
+            ys = [_finite(value(res[n])) if n in res else float("nan") for n in layers]
+            ax.plot(range(len(layers)), ys, marker="o", markersize=4, linewidth=1.6,
+                    label=label)
+        ax.set_xticks(range(len(layers)))
+        ax.set_xticklabels(layers, rotation=60, ha="right", fontsize=7)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        if runs:
+            ax.legend(fontsize=7, loc="best")
+        if note:
+            fig.text(0.01, 0.01, note, fontsize=7, color="0.35", ha="left", va="bottom")
+        fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
+    except BaseException:
+        plt.close(fig)
+        raise
+    return save_figure(fig, path)
+
+
+def _is_psr(data: Mapping[str, Any]) -> bool:
+    first = _first_value(data)
+    return isinstance(first, Mapping) and "mean" in first and "psr" in first
+
+
+def psr_plot(
+    path: str | Path, psr: Mapping[str, Any], p: str = "l2", *, label: str = "model",
+    title: str | None = None,
+) -> Path:
+    """Mean perturbation-to-signal ratio per layer in amplitude dB, 20·log10(mean PSR)
+    (seed 004 Fig 3.13). ``psr``: one result of
+    :func:`~retrieval_bio.eval.layerwise.perturbation_to_signal`, or ``run label -> result``;
+    ``p``: the norm key (``"l1"``, ``"l2"``, ``"linf"``)."""
+    runs = _runs(psr, _is_psr, label)
+    return _layer_plot(path, runs, lambda r: r["db"][p],
+                       f"20·log10(mean PSR), {p} [dB]",
+                       title or f"Perturbation-to-signal ratio per layer ({p})")
+
+
+def snr_plot(
+    path: str | Path, snr: Mapping[str, Any], *, label: str = "model",
+    title: str | None = None, sigma: float | None = None,
+) -> Path:
+    """Block SNR under Gaussian noise per layer, power dB (seed 004 Fig 5.6). ``snr``: one
+    result of :func:`~retrieval_bio.eval.layerwise.block_snr` (layer -> dB), or
+    ``run label -> result``."""
+    runs = _runs(snr, lambda d: not isinstance(_first_value(d), Mapping), label)
+    noise = f", σ = {sigma:g}" if sigma is not None else ""
+    return _layer_plot(path, runs, lambda v: v, "SNR [dB] (10·log10 E[‖f‖²/‖Δf‖²])",
+                       title or f"Block SNR under Gaussian noise{noise}")
+
+
+def sparsity_plot(
+    path: str | Path, sparsity: Mapping[str, Any], *, label: str = "model",
+    title: str | None = None,
+) -> Path:
+    """Mean activation sparsity s per layer (seed 004 Fig 5.4; 0 = one active channel per
+    location, 1 = all equally active). ``sparsity``: one result of
+    :func:`~retrieval_bio.eval.layerwise.activation_sparsity`, or ``run label -> result``."""
+    runs = _runs(sparsity, lambda d: not isinstance(_first_value(d), Mapping), label)
+    return _layer_plot(path, runs, lambda v: v, "s = ((‖a‖₁/‖a‖₂)² − 1)/(N − 1)",
+                       title or "Activation sparsity per layer", ylim=(-0.02, 1.02),
+                       note="s = 0: a single nonzero channel; s = 1: all channels equal")
+
+
+def _grid(n: int, cols: int = 4, size: tuple[float, float] = (3.0, 2.4)) -> tuple[Any, Any]:
+    cols = max(1, min(cols, n))
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows + 0.6),
+                             dpi=100, squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def layer_histograms_plot(
+    path: str | Path, values: Mapping[str, Any], xlabel: str, title: str, *,
+    label: str = "model", bins: int = 30, cols: int = 4,
+) -> Path:
+    """One histogram panel per layer, the runs overlaid (same bins per panel). ``values``:
+    ``layer -> 1-D values`` (per-image PSR, per-filter sparsity, a BN statistic...), or
+    ``run label -> {layer -> values}``. NaN and ±inf are left out."""
+    import numpy as np
+
+    runs = _runs(values, lambda d: not isinstance(_first_value(d), Mapping), label)
+    layers: list[str] = []
+    for res in runs.values():
+        layers.extend(n for n in res if n not in layers)
+    path = Path(path)
+    fig, axes = _grid(len(layers), cols)
+    try:
+        for ax, layer in zip(axes.flat, layers, strict=False):
+            data = {lab: np.asarray([] if res.get(layer) is None else res[layer], dtype=float)
+                    for lab, res in runs.items()}
+            data = {lab: v[np.isfinite(v)] for lab, v in data.items()}
+            pooled = np.concatenate(list(data.values())) if data else np.empty(0)
+            edges = np.histogram_bin_edges(pooled, bins=bins) if pooled.size else bins
+            for lab, v in data.items():
+                if v.size:
+                    ax.hist(v, bins=edges, alpha=0.55, label=lab)
+            ax.set_title(layer, fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.set_xlabel(xlabel, fontsize=7)
+        if layers and len(runs) > 1:
+            axes.flat[0].legend(fontsize=7, loc="best")
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+    except BaseException:
+        plt.close(fig)
+        raise
+    return save_figure(fig, path)
+
+
+def psr_histogram_plot(
+    path: str | Path, psr: Mapping[str, Any], p: str = "l2", *, label: str = "model",
+    bins: int = 30, cols: int = 4,
+) -> Path:
+    """Histogram of the per-image PSR per layer, runs overlaid (seed 004 Fig 3.12). ``psr``:
+    as :func:`psr_plot`."""
+    runs = _runs(psr, _is_psr, label)
+    values = {lab: {layer: r["psr"][p] for layer, r in res.items()}
+              for lab, res in runs.items()}
+    return layer_histograms_plot(path, values, f"PSR ({p})",
+                                 f"Perturbation-to-signal ratio per image ({p})",
+                                 bins=bins, cols=cols)
+
+
+def spectrum_plot(
+    path: str | Path, spectra: Mapping[str, Any], *, label: str = "model", cols: int = 4,
+    title: str | None = None,
+) -> Path:
+    """Singular values of each conv, sorted, against their rank divided by their count,
+    log y, one panel per layer, runs overlaid (seed 004 Figs 3.20-3.21). ``spectra``: one
+    result of :func:`~retrieval_bio.eval.layerwise.conv_spectra` (layer -> values), or
+    ``run label -> result``. Zeros cannot sit on the log axis and are left out."""
+    import numpy as np
+
+    runs = _runs(spectra, lambda d: not isinstance(_first_value(d), Mapping), label)
+    layers: list[str] = []
+    for res in runs.values():
+        layers.extend(n for n in res if n not in layers)
+    path = Path(path)
+    fig, axes = _grid(len(layers), cols)
+    try:
+        for ax, layer in zip(axes.flat, layers, strict=False):
+            for lab, res in runs.items():
+                if res.get(layer) is None:
+                    continue
+                sv = np.sort(np.asarray(res[layer], dtype=float))[::-1]
+                rank = np.arange(1, sv.size + 1) / max(sv.size, 1)
+                keep = sv > 0
+                ax.plot(rank[keep], sv[keep], linewidth=1.2, label=lab)
+            ax.set_yscale("log")
+            ax.set_title(layer, fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.set_xlabel("rank / count", fontsize=7)
+            ax.grid(True, which="major", alpha=0.3)
+        if layers and len(runs) > 1:
+            axes.flat[0].legend(fontsize=7, loc="best")
+        fig.suptitle(title or "Singular values of each conv (FFT, circular padding)",
+                     fontsize=10)
+        fig.tight_layout()
+    except BaseException:
+        plt.close(fig)
+        raise
+    return save_figure(fig, path)

@@ -158,6 +158,23 @@ def small_cnn(weights: str | None) -> BackboneSpec:
     return BackboneSpec(net, 128, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
+@BACKBONES.register("polar-cnn")
+def polar_cnn(weights: str | None, *, image_size: int = 28, hidden: int = 100) -> BackboneSpec:
+    """The classifier behind seed 004's polarizing front end (the authors' code): conv 5x5
+    to 32, max-pool 2, ReLU, conv 5x5 to 64, max-pool 2, ReLU, linear to ``hidden``, ReLU
+    (28 px: 4·4·64 = 1024 features into the linear layer)."""
+    if weights == "imagenet":
+        raise WeightsNotFoundError("polar-cnn has no ImageNet weights; train it instead")
+    side = ((image_size - 4) // 2 - 4) // 2
+    if side < 1:
+        raise ValueError(f"polar-cnn needs images of at least 16 px, got {image_size}")
+    net = nn.Sequential(nn.Conv2d(3, 32, 5), nn.MaxPool2d(2), nn.ReLU(inplace=True),
+                        nn.Conv2d(32, 64, 5), nn.MaxPool2d(2), nn.ReLU(inplace=True),
+                        nn.Flatten(), nn.Linear(64 * side * side, hidden), nn.ReLU(inplace=True))
+    # no normalisation: the seed's classifier takes the front end's z in [-1, 1] as it is
+    return BackboneSpec(net, hidden, mean=(0.0,) * 3, std=(1.0,) * 3)
+
+
 @BACKBONES.register("mlp")
 def mlp(weights: str | None, *, image_size: int = 28, hidden: Sequence[int] = (1024,),
         dropout: float = 0.1, bias: bool = True, output_bias: bool = True,
@@ -280,6 +297,44 @@ def backbone_options(name: str) -> list[str]:
         return []
     params = inspect.signature(BACKBONES.get(name)).parameters
     return [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY]
+
+
+def adapt_input(backbone: Backbone, channels: int) -> Backbone:
+    """Make ``backbone`` take ``(N, channels, H, W)`` front-end outputs in place: its first
+    Conv2d (or, for a flattening net, its first Linear) is rebuilt for ``channels`` inputs
+    (freshly initialised: weights trained on RGB pixels do not fit), and its mean/std
+    normalisation becomes the identity (the input is not an image).
+
+    Raises:
+        ValueError: the backbone has no such first layer, or computes its input's shape
+            itself (an energy-based net).
+    """
+    if has_own_gradient(backbone.name):
+        raise ValueError(f"backbone {backbone.name!r} builds its states from a 3-channel "
+                         f"image; put a front end with image output (sparse-coding) in front "
+                         f"of it, or use another backbone")
+    # registration order is forward order for every registered net
+    first = next(((n, m) for n, m in backbone.net.named_modules()
+                  if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    if first is not None:
+        name, old = first
+        if isinstance(old, nn.Conv2d):
+            new: nn.Module = nn.Conv2d(channels, old.out_channels, old.kernel_size, old.stride,
+                                       old.padding, old.dilation, old.groups,
+                                       bias=old.bias is not None, padding_mode=old.padding_mode)
+        elif old.in_features % 3 == 0 and not getattr(backbone.net, "grey", False):
+            new = nn.Linear(old.in_features // 3 * channels, old.out_features,
+                            bias=old.bias is not None)
+        else:
+            new = None
+        if new is not None:
+            parent = backbone.net.get_submodule(name.rpartition(".")[0])
+            setattr(parent, name.rpartition(".")[2], new.to(old.weight.device))
+            backbone.normalize = Normalize((0.0,) * channels, (1.0,) * channels,
+                                           backbone.normalize.min_size)
+            return backbone
+    raise ValueError(f"backbone {backbone.name!r} has no first Conv2d or Linear layer to "
+                     f"take {channels} front-end channels")
 
 
 def create_backbone(name: str, weights: str | os.PathLike | None = None,

@@ -98,14 +98,18 @@ class MLP(nn.Module):
         if not hidden or any(int(h) < 1 for h in hidden):
             raise ValueError(f"hidden must be a non-empty list of positive widths, got "
                              f"{list(hidden)}")
-        self.in_features = int(in_features)
         self.grey = bool(grey)
-        widths = [self.in_features, *map(int, hidden)]
+        widths = [int(in_features), *map(int, hidden)]
         self.linears = nn.ModuleList(nn.Linear(a, b, bias=bias)
                                      for a, b in zip(widths, widths[1:], strict=False))
         self.drops = nn.ModuleList(SharedDropout(dropout) for _ in hidden)
         for layer in self.linears:
             he_uniform_(layer)
+
+    @property
+    def in_features(self) -> int:
+        """Inputs per image: the first layer's (a front end may rebuild that layer)."""
+        return self.linears[0].in_features
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` images -> the flat input ``(N, in_features)``."""

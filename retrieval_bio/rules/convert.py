@@ -24,7 +24,9 @@ def convert(model: nn.Module, rule: str, *, scale: str = "norm", seed: int = 0) 
     from ``seed + i`` on the CPU, so they do not depend on the device.
 
     Args:
-        model: any module (backbone and head are both converted; nothing is frozen).
+        model: any module (backbone and head are both converted; nothing is frozen). A
+            submodule with ``keeps_exact_gradients = True`` (a structural front end) and its
+            children are left as they are.
         rule: one of :data:`RULES`; ``"bp"`` returns ``model`` untouched.
         scale: ``"norm"`` (default): per layer, s makes ||B||_F = ||W||_F at every step, so the
             backward signal keeps BP's magnitude (the literal sign(W) of pretrained weights
@@ -53,8 +55,14 @@ def convert(model: nn.Module, rule: str, *, scale: str = "norm", seed: int = 0) 
     if converted_layers(model):
         raise ValueError("model is already converted; convert a fresh (BP) copy instead")
     index = 0
+    # a structural front end is a fixed part trained by backprop (seed 004); the rule
+    # trains what is behind it
+    exempt = [n + "." for n, m in model.named_modules()
+              if getattr(m, "keeps_exact_gradients", False)]
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Linear, nn.Conv2d)):
+            continue
+        if any(name.startswith(prefix) for prefix in exempt):
             continue
         cls = feedback_class(type(module))
         if cls is None:

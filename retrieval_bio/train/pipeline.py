@@ -111,14 +111,27 @@ def task_model(cfg: RunConfig, num_classes: int, weights: str | None = None) -> 
                 f"{', '.join(foreign)}: dynamics settings of energy-based backbones (ep-small, "
                 f"ep-cifar10, ep-cifar100); backbone {cfg.backbone!r} has no relaxation. Drop "
                 f"them or use an ep-* backbone")
+    if cfg.frontend != "none" and not learners.is_layer_rule(cfg.rule):
+        raise ConfigError(f"frontend {cfg.frontend!r} trains with backprop and the layer "
+                          f"rules (bp, fa, usf, frsf, brsf); rule {cfg.rule!r} cannot train "
+                          f"it. Drop the front end or use a layer rule")
     try:
-        return create_model(cfg.backbone, cfg.task, num_classes=num_classes, bits=cfg.bits,
-                            weights=weights, image_size=cfg.image_size,
-                            **{**cfg.model_options, **dynamics})
+        model = create_model(cfg.backbone, cfg.task, num_classes=num_classes, bits=cfg.bits,
+                             weights=weights, image_size=cfg.image_size,
+                             frontend=cfg.frontend, frontend_options=cfg.frontend_options,
+                             **{**cfg.model_options, **dynamics})
     except BackboneOptionError as e:
         raise ConfigError(f"model_options: {e}") from e
     except ValueError as e:  # a bad value of an option, e.g. an image too small for the net
-        raise ConfigError(f"backbone {cfg.backbone!r}: {e}") from e
+        where = f"frontend {cfg.frontend!r}" if "front end" in str(e) else \
+            f"backbone {cfg.backbone!r}"
+        raise ConfigError(f"{where}: {e}") from e
+    if model.frontend is not None and hasattr(model.frontend, "check_epochs"):
+        try:
+            model.frontend.check_epochs(cfg.epochs)
+        except ValueError as e:
+            raise ConfigError(f"frontend {cfg.frontend!r}: {e}") from e
+    return model
 
 
 def load_init(model: TaskModel, init: str | Path) -> None:
@@ -167,8 +180,8 @@ def build_objective(cfg: RunConfig, splits: DatasetSplits) -> nn.Module:
 
 
 def param_groups(cfg: RunConfig, model: TaskModel, objective: nn.Module) -> list[dict]:
-    """Backbone at ``lr_backbone``, the new head at ``lr_head``, loss parameters as the loss
-    asks (HyP² proxies: head rate x ``proxy_lr_mult``)."""
+    """Backbone (and a front end) at ``lr_backbone``, the new head at ``lr_head``, loss
+    parameters as the loss asks (HyP² proxies: head rate x ``proxy_lr_mult``)."""
     if cfg.layer_lrs:
         layers = parameter_layers(model.backbone)
         if len(layers) != len(cfg.layer_lrs):
@@ -181,6 +194,10 @@ def param_groups(cfg: RunConfig, model: TaskModel, objective: nn.Module) -> list
     else:
         backbone = [{"params": list(model.backbone.parameters()), "lr": cfg.lr_backbone,
                      "name": "backbone"}]
+    if model.frontend is not None:  # trained with the backbone, at its rate
+        params = list(model.frontend.parameters())
+        if params:
+            backbone.insert(0, {"params": params, "lr": cfg.lr_backbone, "name": "frontend"})
     return [
         *backbone,
         {"params": list(model.head.parameters()), "lr": cfg.lr_head, "name": "head"},

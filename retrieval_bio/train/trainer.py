@@ -275,6 +275,9 @@ class Trainer:
         total = self._steps_per_epoch()
         if self.schedule is not None:
             self.schedule.apply(self.optimizer, epoch)
+        for m in self.model.modules():  # staged parts (a front end's training stages)
+            if callable(getattr(m, "set_epoch", None)):
+                m.set_epoch(epoch)
         self.progress.start(f"epoch {epoch + 1}/{self.epochs}", total)
         self.progress.advance(s.step)
         t0 = time.perf_counter() - s.epoch_time
@@ -412,7 +415,9 @@ class Trainer:
             value = entry.get(self.select_metric)
             if value is None:
                 raise KeyError(f"validate() returned no {self.select_metric!r} metric")
-            if s.best_value is None or value > s.best_value:
+            if not self._selectable(s.epoch - 1):
+                entry["selectable"] = False
+            elif s.best_value is None or value > s.best_value:
                 s.best_value, s.best_epoch, improved = float(value), s.epoch, True
                 self._best_state = {
                     "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
@@ -431,6 +436,13 @@ class Trainer:
                            select_metric=self.select_metric, best_value=s.best_value)
         for hook in self.history_hooks:
             hook(s)
+
+
+    def _selectable(self, epoch: int) -> bool:
+        """Whether the weights after epoch ``epoch`` (from 0) may become the run's result:
+        a staged part says no before its final stage (a front end not yet quantised)."""
+        return all(m.is_selectable(epoch) for m in self.model.modules()
+                   if callable(getattr(m, "is_selectable", None)))
 
 
 class _GracefulInterrupt:
