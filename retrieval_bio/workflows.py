@@ -42,6 +42,7 @@ from .eval.robustness import (
     attack_task,
     check_grads,
     default_eps,
+    default_variants,
     missing_cells,
     report_paths,
     settings_key,
@@ -49,6 +50,7 @@ from .eval.robustness import (
     subsample,
     sweep_classify,
     sweep_hash,
+    variant_name,
 )
 from .models.backbones import has_own_gradient
 from .models.ep import set_attack_steps
@@ -242,6 +244,8 @@ def attack_run(
     weights: str = "best", overwrite: bool = False, out_dir: str | Path | None = None,
     skip_bad: bool | None = None, t_attack: int | None = None,
     progress: Progress | None = None, norm: str = "linf",
+    bpda: Sequence[str] | None = None, eot: Sequence[int] | None = None,
+    eot_reduce: str = "normalized", source: str | Path | None = None,
 ) -> dict[str, Any]:
     """Attack the trained model of a run folder; write ``attack-<name>-<key>.json`` (and,
     with ``plot``, the ``.png``) into it, after every finished (source, ε) cell.
@@ -281,6 +285,16 @@ def attack_run(
             an image's C·H·W entries and may exceed 1). Part of the report's settings when
             not ``"linf"``, so L2 and L∞ reports of a run are separate files (and L∞ reports
             keep the keys they had before the option existed).
+        bpda: BPDA settings through the model's non-differentiable ops, one column each per
+            gradient source (``"none"``: their true gradient; ``"identity"``; ``"smooth"``);
+            ``eot``: EOT samples per step, likewise (every pair of the two lists is a column).
+            Both ``None``: :func:`~retrieval_bio.eval.robustness.default_variants` (for a
+            quantising front end none, identity and smooth; for a random one also smooth
+            with EOT). Columns are cells, not settings: more of them extend one report.
+        eot_reduce: how EOT samples are combined (``mean`` | ``normalized`` | ``sign``);
+            part of the settings when not the default.
+        source: a transfer attack: make the adversarial images on this run's model (same
+            task, same image size) and score them on ``run_dir``'s. Part of the settings.
 
     Classification reports carry the ``masking`` block; an FGSM/PGD/APGD/APGD-T report is
     also compared with the run's Square reports of the same weights and norm
@@ -320,6 +334,9 @@ def attack_run(
             raise ConfigError(f"{attack} is gradient-free: it queries predictions, which relax "
                               f"t_eval steps; --t-attack (the unroll a gradient "
                               f"differentiates) does not apply")
+    variants = _attack_variants(cfg, bpda, eot, attack, source)
+    notes: list[str] = []
+    source_cfg = _source_config(source, cfg, run_dir, notes) if source is not None else None
     wpath = run_weights(run_dir, weights)
     settings = {"attack": attack, "steps": steps, "preset": preset, "num_images": max_queries,
                 "seed": int(seed), "batch_size": int(batch_size), "k": cfg.k,
@@ -329,14 +346,22 @@ def attack_run(
         settings["t_attack"] = int(t_attack)
     if norm != "linf":  # likewise: L∞ reports keep the keys they had before --norm existed
         settings["norm"] = norm
+    if eot_reduce != "normalized":
+        settings["eot_reduce"] = eot_reduce
+    if source is not None:
+        settings["source"] = str(Path(source).resolve())
     key = settings_key(settings)
-    notes: list[str] = []
     dest = output_dir(run_dir, out_dir, notes)
     json_path, png_path = report_paths(dest, attack, key)
     previous = _previous_report(json_path, wpath, overwrite)
     t0 = time.perf_counter()
-    effective = [NO_GRAD] if attack in GRADIENT_FREE else list(dict.fromkeys(grads))
     same_grads = not (has_feedback_path(cfg.rule) or has_own_gradient(cfg.backbone))
+    if source_cfg is not None:
+        same_grads = not (has_feedback_path(source_cfg.rule)
+                          or has_own_gradient(source_cfg.backbone))
+    effective = [NO_GRAD] if attack in GRADIENT_FREE else [
+        variant_name(g, *v) for g in (list(dict.fromkeys(grads))[:1] if same_grads else
+                                      list(dict.fromkeys(grads))) for v in variants]
     options = "".join(f" --{k} {v}" for k, v in (("num-images", max_queries), ("seed", seed),
                                                  ("norm", None if norm == "linf" else norm))
                       if v)
@@ -364,6 +389,11 @@ def attack_run(
     run = open_run(run_dir, weights=str(wpath), device=dev, skip_bad=skip_bad)
     model, splits, used = run.model, run.splits, run.weights
     dynamics = set_attack_steps(model, t_attack)
+    source_model, source_info = None, None
+    if source is not None:
+        src = open_run(source, device=dev, load_data=False)
+        source_model, source_info = src.model, {"run": str(source), "weights": src.weights}
+        set_attack_steps(source_model, t_attack)
     queries = subsample(splits.query, max_queries, seed)
     if attack in ("apgd-t", "auto") and len(queries) and queries[0][1].shape[-1] < 4:
         raise ConfigError(f"{attack} runs APGD-T, whose targeted DLR loss needs at least 4 "
@@ -375,11 +405,16 @@ def attack_run(
         "settings": settings, "key": key, "weights": used, "path": str(json_path),
         **dynamics,
     }
+    if source_info is not None:
+        provenance["source"] = source_info
     persist, write_errors = _report_writer(json_path, provenance, notes, t0)
 
     common = dict(grads=grads, same_grads=same_grads, steps=steps, batch_size=batch_size,
                   device=dev, seed=seed, attack_kwargs=attack_kwargs, progress=progress,
-                  previous=previous, on_update=persist, rule=cfg.rule)
+                  previous=previous, on_update=persist, rule=cfg.rule, variants=variants,
+                  source_model=source_model)
+    if eot_reduce != "normalized":
+        common["attack_kwargs"] = {**(attack_kwargs or {}), "eot_reduce": eot_reduce}
     if task == "hash":
         report = sweep_hash(model, attack, eps, queries=queries, database=splits.database,
                             train=splits.train, k=retrieval_k(cfg, splits), preset=preset,
@@ -387,10 +422,11 @@ def attack_run(
     else:
         report = sweep_classify(model, attack, eps, queries=queries, preset=preset, norm=norm,
                                 **common)
-        check, check_notes = cross_check(report, run_dir, dest, used, json_path,
-                                         same_grads=same_grads, options=options)
-        report.update(check, cross_check_notes=check_notes)
-        report["notes"] += check_notes
+        if source is None:
+            check, check_notes = cross_check(report, run_dir, dest, used, json_path,
+                                             same_grads=same_grads, options=options)
+            report.update(check, cross_check_notes=check_notes)
+            report["notes"] += check_notes
     persist(report)
     report["notes"] += write_errors
     if write_errors:
@@ -401,6 +437,48 @@ def attack_run(
         except OSError as e:
             report["notes"].append(f"{png_path} not written: {e}")
     return report
+
+
+def _source_config(source: str | Path, cfg: RunConfig, run_dir: Path, notes: list[str]
+                   ) -> RunConfig:
+    """The config of a transfer attack's source run, checked against the attacked run's."""
+    source_cfg = load_run_config(source)
+    if (source_cfg.task, source_cfg.image_size) != (cfg.task, cfg.image_size):
+        raise ConfigError(
+            f"--source {source} is a {source_cfg.task} run at {source_cfg.image_size} px, "
+            f"{run_dir} a {cfg.task} run at {cfg.image_size} px: a transfer attack needs the "
+            f"same task and image size")
+    if source_cfg.dataset != cfg.dataset:
+        notes.append(f"source run {source} was trained on {source_cfg.dataset}, this run on "
+                     f"{cfg.dataset}")
+    return source_cfg
+
+
+def _attack_variants(cfg: RunConfig, bpda: Sequence[str] | None, eot: Sequence[int] | None,
+                     attack: str, source: str | Path | None) -> list[tuple[str | None, int]]:
+    """The (BPDA, EOT) columns of an attack on a run of ``cfg`` (see :func:`attack_run`),
+    checked before anything is loaded; the default comes from the attacked model's front
+    end (built without weights, it says which ops it has)."""
+    from .models.frontends import BPDA_PRESETS, create_frontend
+
+    if attack in GRADIENT_FREE:
+        if (bpda and list(bpda) != ["none"]) or (eot and list(eot) != [1]):
+            raise ConfigError(f"{attack} is gradient-free: --bpda and --eot do not apply")
+        return [(None, 1)]
+    for b in bpda or ():
+        if b not in BPDA_PRESETS:
+            raise ConfigError(f"--bpda {b!r}: choose from {', '.join(BPDA_PRESETS)}")
+    for n in eot or ():
+        if n < 1:
+            raise ConfigError(f"--eot must be >= 1 gradient samples, got {n}")
+    if bpda is None and eot is None:
+        attacked = load_run_config(source) if source is not None else cfg
+        if attacked.frontend == "none":
+            return [(None, 1)]
+        return default_variants(create_frontend(attacked.frontend,
+                                                **attacked.frontend_options))
+    return [(None if b == "none" else b, int(n)) for b in (bpda or ["none"])
+            for n in (eot or [1])]
 
 
 def t_attack_sweep(

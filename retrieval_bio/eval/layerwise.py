@@ -92,7 +92,9 @@ def _capture(
             if not isinstance(value, torch.Tensor):
                 raise TypeError(f"{name} ({type(module).__name__}): its {where} is "
                                 f"{type(value).__name__}, not a tensor")
-            record(name, value.detach())
+            # a copy: an in-place op after the module (ReLU(inplace=True) right after a conv)
+            # would otherwise rewrite the recorded tensor before the forward returns
+            record(name, value.detach().clone())
         return hook
 
     try:
@@ -379,15 +381,30 @@ def activation_sparsity(
     return {n: sums[n] / counts[n] if counts[n] else math.nan for n in sums}
 
 
+def applied_weight(module: nn.Module) -> torch.Tensor:
+    """The kernel a conv actually applies (detached): ``weight / filter_norms()`` per output
+    filter for an implicitly weight-normalised conv (seed 004 Eq 5.1; any module with a
+    ``filter_norms()`` method, e.g. :class:`retrieval_bio.models.hah.WNConv2d`), otherwise
+    ``module.weight``. Its bias is left out: it does not change the linear part."""
+    w = module.weight.detach()
+    norms = getattr(module, "filter_norms", None)
+    if callable(norms):
+        # the division happens in forward, so `weight` alone would be off by a per-filter scale
+        # that reshapes the spectrum (sparsity is scale-free and would not notice)
+        with torch.no_grad():
+            return w / norms().detach().to(w.dtype).view(-1, *([1] * (w.dim() - 1)))
+    return w
+
+
 def _weight(module: nn.Module, weight_fn: WeightFn | None) -> torch.Tensor:
-    return (weight_fn(module) if weight_fn is not None else module.weight).detach()
+    return (weight_fn(module) if weight_fn is not None else applied_weight(module)).detach()
 
 
 def filter_normalised_weight(module: nn.Module, eps: float = 1e-6) -> torch.Tensor:
-    """``w / (‖w_o‖₂ + eps)`` per output filter o: the weight a conv with implicit weight
-    normalisation (seed 004 Eq 5.1, every conv of ch. 5) actually applies. Pass it as
-    ``weight_fn`` to :func:`conv_spectra` for such a layer when its ``weight`` attribute is the
-    raw, unnormalised parameter."""
+    """``w / (‖w_o‖₂ + eps)`` per output filter o: the weight of a conv with implicit weight
+    normalisation (seed 004 Eq 5.1) computed from its raw ``weight``, for a layer that
+    normalises in its forward without exposing ``filter_norms()`` (pass it as
+    ``weight_fn``; :func:`applied_weight`, the default, already handles those that do)."""
     w = module.weight.detach()
     norm = w.flatten(1).norm(dim=1).view(-1, *([1] * (w.dim() - 1)))
     return w / (norm + eps)
@@ -406,7 +423,7 @@ def filter_sparsity(
         model: the model (only weights are read).
         kinds: layer types (default ``Conv2d``; any module with a ``weight`` whose first
             dimension indexes filters works, e.g. ``nn.Linear`` rows).
-        weight_fn: module -> the weight it applies (default: ``module.weight``).
+        weight_fn: module -> the weight it applies (default: :func:`applied_weight`).
 
     Returns:
         layer -> list of C_out floats in filter order, in [0, 1] (0: one nonzero tap,
@@ -521,8 +538,8 @@ def conv_spectra(
             ``dilation`` and ``groups`` like ``nn.Conv2d``).
         in_channels: channels of the dry-run image.
         normalise: divide each layer's values by its largest one (the figures' scale).
-        weight_fn: module -> the weight it applies (default ``module.weight``); e.g.
-            :func:`filter_normalised_weight` for implicitly weight-normalised convs.
+        weight_fn: module -> the weight it applies (default :func:`applied_weight`, which
+            divides by ``filter_norms()`` for implicitly weight-normalised convs).
         dtype: real dtype of the SVDs.
 
     Returns:
@@ -587,8 +604,8 @@ def bn_statistics(
 
 
 __all__ = [
-    "CONV", "ROOT", "activation_sparsity", "amplitude_db", "block_snr", "bn_statistics",
-    "conv_singular_values", "conv_spectra", "filter_normalised_weight", "filter_sparsity",
-    "layer_outputs", "p_key", "perturbation_to_signal", "power_db", "psr_ratio",
-    "sparsity_index",
+    "CONV", "ROOT", "activation_sparsity", "amplitude_db", "applied_weight", "block_snr",
+    "bn_statistics", "conv_singular_values", "conv_spectra", "filter_normalised_weight",
+    "filter_sparsity", "layer_outputs", "p_key", "perturbation_to_signal", "power_db",
+    "psr_ratio", "sparsity_index",
 ]

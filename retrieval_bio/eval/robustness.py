@@ -13,8 +13,12 @@ Report schema (``attack-<name>-<key>.json``; lists are indexed like ``eps``)::
     attack       "hag" | "sdha" | "fgsm" | "pgd" | "square" | "apgd" | "apgd-t" | "auto"
     task         "hash" | "classify"
     metric       "map" (hash) | "accuracy" (classify): the key holding the per-ε values
-    grad         gradient sources evaluated, e.g. ["exact", "model"]; ["none"] for Square
-                 (gradient-free: it never calls a backward pass); one per computation
+    grad         the columns: gradient sources evaluated, e.g. ["exact", "model"]; ["none"]
+                 for Square (gradient-free: it never calls a backward pass); one per
+                 computation. On a model with non-differentiable ops a column also names its
+                 BPDA setting and EOT samples (:func:`variant_name`), e.g. ["exact",
+                 "exact+bpda-identity", "exact+bpda-smooth"]: "exact" alone is then the
+                 obfuscated number (a quantiser's true gradient is zero)
     same_computation  {source: the source in ``grad`` it is the same computation as}, e.g.
                  {"model": "exact"} for a model without a feedback path
     norm         "linf" | "l2": the threat model of ``eps`` (hashing attacks: "linf" only)
@@ -38,6 +42,8 @@ Report schema (``attack-<name>-<key>.json``; lists are indexed like ``eps``)::
     preset       the preset used: hashing ("paper" | "reference"), PGD ("paper" | "pepita"),
                  or null
     rule, seed, dataset, backbone, bits, run   provenance; seed is the attack's seed
+    source       transfer attacks only: {run, weights} of the model the adversarial images
+                 were made on (the report's model only scores them)
     num_queries  queries attacked (after ``max_queries`` subsampling)
     notes        human-readable remarks (e.g. why a gradient source was computed once, and
                  the gradient-masking warnings below)
@@ -137,6 +143,11 @@ ZERO_GRAD_WARN = 0.01
 SQUARE_MARGIN = 0.02
 REFERENCE_EPS = 8 / 255
 DEFAULT_BATCH = 128
+#: EOT samples per step of the EOT column a random model's report adds by default
+DEFAULT_EOT = 10
+#: the scoring forwards of a random model draw from this seed offset (not the attack's own
+#: draws, which an attacker would not know)
+SCORING_SEED_OFFSET = 1_000_003
 
 
 def attack_task(attack: str) -> str:
@@ -187,6 +198,47 @@ def eps_label(norm: str | None) -> str:
     return f"ε ({'L2' if norm == 'l2' else 'L∞'})"
 
 
+def variant_name(grad: str, bpda: str | None = None, eot: int = 1) -> str:
+    """A report column: the gradient source, then the BPDA setting and EOT samples when
+    used, e.g. ``"exact"``, ``"exact+bpda-identity"``, ``"exact+bpda-smooth+eot-10"``."""
+    name = grad
+    if bpda not in (None, "none"):
+        name += f"+bpda-{bpda}"
+    if eot > 1:
+        name += f"+eot-{eot}"
+    return name
+
+
+def parse_variant(name: str) -> tuple[str, str | None, int]:
+    """``(grad, bpda, eot)`` of a column named by :func:`variant_name`."""
+    grad, *parts = name.split("+")
+    bpda, eot = None, 1
+    for part in parts:
+        kind, _, value = part.partition("-")
+        if kind == "bpda" and value:
+            bpda = value
+        elif kind == "eot" and value.isdigit() and int(value) >= 1:
+            eot = int(value)
+        else:
+            raise ValueError(f"column {name!r}: {part!r} is neither bpda-NAME nor eot-N")
+    return grad, bpda, eot
+
+
+def default_variants(model: nn.Module) -> list[tuple[str | None, int]]:
+    """The (BPDA, EOT) columns an honest report of ``model`` needs: for a model with
+    non-differentiable ops (a quantising front end), the plain gradient (the obfuscated
+    number), BPDA identity and BPDA smooth; for a random one also BPDA smooth with
+    :data:`DEFAULT_EOT` EOT samples; otherwise the plain gradient alone."""
+    from ..models.frontends import has_bpda_ops, is_stochastic
+
+    if not has_bpda_ops(model):
+        return [(None, 1)]
+    out: list[tuple[str | None, int]] = [(None, 1), ("identity", 1), ("smooth", 1)]
+    if is_stochastic(model):
+        out.append(("smooth", DEFAULT_EOT))
+    return out
+
+
 def report_paths(run_dir: str | Path, attack: str, key: str | None = None) -> tuple[Path, Path]:
     """``(run_dir/attack-<name>[-<key>].json, ….png)``: where a report of these settings
     (``key``, see :func:`settings_key`) lives."""
@@ -213,6 +265,8 @@ def sweep_hash(
     attack_kwargs: dict[str, Any] | None = None, progress: Progress | None = None,
     previous: dict[str, Any] | None = None,
     on_update: Callable[[dict[str, Any]], None] | None = None, rule: str | None = None,
+    variants: Sequence[tuple[str | None, int]] | None = None,
+    source_model: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Attack every query with HAG or SDHA at each ε and gradient source; mAP@k of the
     adversarial query codes against the clean database codes (SPEC §7).
@@ -236,6 +290,11 @@ def sweep_hash(
         on_update: called with the report after every finished (source, ε) cell, e.g. to
             write it to disk so that an interruption loses at most the cell in progress.
         rule: the model's learning rule, named in the ``same_grads`` note.
+        variants: ``(bpda, eot)`` settings, one column per gradient source and setting
+            (:func:`variant_name`); default :func:`default_variants` of the attacked model.
+            ``attack_kwargs`` may hold ``eot_reduce``.
+        source_model: a transfer attack: the adversarial images are made on this model
+            and scored on ``model`` (a black-box reference, no masking check).
 
     Returns:
         The report dict of the module docstring, without the provenance keys; it covers the
@@ -262,8 +321,12 @@ def sweep_hash(
                                 progress=progress, description="encoding database")
     db_codes = sign_codes(h_db)
 
-    def make(e: float, g: str):
-        return ATTACKS.get(attack)(model, e, steps, grad=g, preset=preset, seed=seed, **kwargs)
+    attacked = model if source_model is None else source_model
+
+    def make(e: float, col: str):
+        g, bpda, eot = parse_variant(col)
+        return ATTACKS.get(attack)(attacked, e, steps, grad=g, preset=preset, seed=seed,
+                                   bpda=bpda, eot=eot, **kwargs)
 
     notes: list[str] = []
     if attack == "sdha" and eps:
@@ -289,7 +352,10 @@ def sweep_hash(
         "num_database": int(len(db_codes)), "norm": "linf",
     }
     return _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, progress,
-                  attack, score, base, notes, previous, on_update, rule=rule)
+                  attack, score, base, notes, previous, on_update, rule=rule,
+                  variants=_variants(variants, model if source_model is None else source_model,
+                                     attack),
+                  transfer=source_model is not None)
 
 
 def sweep_classify(
@@ -300,7 +366,8 @@ def sweep_classify(
     attack_kwargs: dict[str, Any] | None = None, progress: Progress | None = None,
     previous: dict[str, Any] | None = None,
     on_update: Callable[[dict[str, Any]], None] | None = None, rule: str | None = None,
-    norm: str = "linf",
+    norm: str = "linf", variants: Sequence[tuple[str | None, int]] | None = None,
+    source_model: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Robust accuracy of a classifier under FGSM, PGD, Square, APGD, APGD-T or the
     AutoAttack-style ensemble ``auto`` at each ε and gradient source (SPEC §8), with the
@@ -314,7 +381,8 @@ def sweep_classify(
     ``steps`` win over it. ``norm`` is the threat model, ``"linf"`` or ``"l2"`` (ε then
     bounds the Euclidean norm over an image's C·H·W entries). Square is gradient-free, so
     its report has one source, ``"none"``, whatever ``grads`` says (its zero-gradient check
-    uses the ``exact`` gradient). Other arguments as :func:`sweep_hash`. Returns the report
+    uses the ``exact`` gradient). Other arguments (``variants``, ``source_model``) as
+    :func:`sweep_hash`; a transfer report has no ``masking`` block. Returns the report
     dict of the module docstring (no provenance).
     """
     if attack not in CLASSIFY_ATTACKS:
@@ -347,9 +415,13 @@ def sweep_classify(
             kwargs["preset"] = preset
     grads = list(dict.fromkeys(grads))
 
-    def make(e: float, g: str):
-        # Square accepts a grad argument only for uniformity; it is never used.
-        return ATTACKS.get(attack)(model, e, grad="model" if g == NO_GRAD else g, seed=seed,
+    attacked = model if source_model is None else source_model
+
+    def make(e: float, col: str):
+        if col == NO_GRAD:  # Square takes a grad argument only for uniformity
+            return ATTACKS.get(attack)(attacked, e, grad="model", seed=seed, **kwargs)
+        g, bpda, eot = parse_variant(col)
+        return ATTACKS.get(attack)(attacked, e, grad=g, seed=seed, bpda=bpda, eot=eot,
                                    **kwargs)
 
     clean, labels = _clean_outputs(model, queries, batch_size, device)
@@ -384,9 +456,22 @@ def sweep_classify(
     if attack == "auto":
         base["queries_per_image"] = make(0.0, grads[0]).n_queries
         extras = {"breakdown": lambda a: dict(a.breakdown)}
+    transfer = source_model is not None
     return _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, progress,
-                  attack, score, base, notes, previous, on_update, rule=rule, derive=derive,
-                  extras=extras)
+                  attack, score, base, notes, previous, on_update, rule=rule,
+                  derive=None if transfer else derive, extras=extras,
+                  variants=_variants(variants, model if source_model is None else source_model,
+                                     attack),
+                  transfer=transfer)
+
+
+def _variants(variants: Sequence[tuple[str | None, int]] | None, model: nn.Module,
+              attack: str) -> list[tuple[str | None, int]]:
+    if attack in GRADIENT_FREE:
+        if variants and any(v != (None, 1) for v in variants):
+            raise ValueError(f"{attack} is gradient-free: BPDA and EOT do not apply")
+        return [(None, 1)]
+    return list(variants) if variants else default_variants(model)
 
 
 def auto_notes(report: dict[str, Any]) -> list[str]:
@@ -414,7 +499,8 @@ def input_gradient_zeros(
     The gradient of the batch-mean cross-entropy of the logits w.r.t. the clean query images
     (the loss FGSM and PGD ascend), through gradient source ``grad`` (``"exact"``: through W,
     ``"model"``: the model's feedback path; an FGSM instance's ``input_grad`` takes it), in
-    eval mode, in batches of ``batch_size`` as the attacks do.
+    eval mode, in batches of ``batch_size`` as the attacks do. ``grad`` may be a report
+    column with a BPDA setting (:func:`variant_name`); its EOT part is not used.
 
     Args:
         model: images ``(N, 3, H, W)`` in [0, 1] -> logits ``(N, C)``, on ``device``.
@@ -427,7 +513,8 @@ def input_gradient_zeros(
     from ..attacks import FGSM, class_indices
     from ..attacks.base import eval_mode
 
-    probe = FGSM(model, 0.0, grad=grad)
+    g, bpda, _ = parse_variant(grad)
+    probe = FGSM(model, 0.0, grad=g, bpda=bpda)
     zero = total = zero_images = images = 0
     with eval_mode(model):
         for x, y, _ in DataLoader(queries, batch_size=batch_size, shuffle=False):
@@ -563,9 +650,18 @@ def _clean_outputs(
     clean, labels = [], []
     with torch.no_grad():
         for x, y, _ in DataLoader(queries, batch_size=batch_size, shuffle=False):
-            clean.append(model(x.to(device)).float().cpu())
+            clean.append(_score_forward(model, x.to(device)).float().cpu())
             labels.append(y.float())
     return torch.cat(clean).numpy(), torch.cat(labels).numpy()
+
+
+def _score_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` for scoring: a random model's draws restart from a fixed seed (not the
+    attack's), so clean and adversarial images of a batch meet the same draws."""
+    from ..models.frontends import reseed
+
+    reseed(model, SCORING_SEED_OFFSET)
+    return model(x)
 
 
 def missing_cells(
@@ -615,7 +711,8 @@ class _Cells:
 
 
 def _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, progress, name,
-           score, base, notes, previous, on_update, *, rule=None, derive=None, extras=None):
+           score, base, notes, previous, on_update, *, rule=None, derive=None, extras=None,
+           variants=((None, 1),), transfer=False):
     """Attack every query batch for each missing (source, ε) cell, score each cell as soon
     as it is done and hand the growing report to ``on_update``. ``derive(report)``, when
     given, adds keys computed from the table (and notes) to every report handed out;
@@ -631,15 +728,25 @@ def _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, pro
         why = f"rule {rule} has no feedback path" if rule else "it has no feedback path"
         notes.append(f"{' and '.join(grads)} gradients are the same computation for this model "
                      f"({why}): attacked once with '{grads[0]}'")
+    variants = list(dict.fromkeys(variants))
+    if any(v != (None, 1) for v in variants):
+        notes.append("columns: the gradient source, then +bpda-NAME (the backward used through "
+                     "the model's non-differentiable ops; without it their true gradient, "
+                     "which for a quantiser is zero: the obfuscated number) and +eot-N (N "
+                     "gradient samples per step)")
+    if transfer:
+        notes.append("transfer attack: the adversarial images were made on the source model "
+                     "and scored on this one; a black-box reference, not a white-box bound")
     # one column per computation: the sources that are the same computation are named in
     # ``same_computation`` and the note, not repeated as identical columns
-    same = {g: grads[0] for g in grads[len(computed):]}
-    grads = computed
+    same = {variant_name(g, *v): variant_name(grads[0], *v)
+            for g in grads[len(computed):] for v in variants}
+    grads = [variant_name(g, *v) for g in computed for v in variants]
     if previous is not None and same:
         previous = {**previous, "grad": [g for g in previous.get("grad", []) if g not in same]}
     cells = _Cells(base["metric"], previous, tuple(extras))
     cells.add_grid(grads, eps)
-    todo = cells.missing(computed, eps)
+    todo = cells.missing(grads, eps)
     reused = len(cells.missing(grads, eps)) < len(grads) * len(set(map(float, eps)))
     if reused:
         notes.append("cells computed by an earlier run with the same settings and weights "
@@ -665,7 +772,7 @@ def _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, pro
                 x = x.to(device)
                 adv = attack(x, y.to(device))
                 with torch.no_grad():
-                    outs.append(model(adv).float().cpu())
+                    outs.append(_score_forward(model, adv).float().cpu())
                 delta = (adv - x).flatten(1).float()
                 inf_norms.append(delta.abs().amax(1).cpu())
                 l2_norms.append(delta.norm(dim=1).cpu())
@@ -680,7 +787,7 @@ def _sweep(make, model, eps, queries, grads, same_grads, batch_size, device, pro
     finally:
         progress.stop()
     if steps is None:  # nothing left to compute: the steps of the attack as configured
-        steps = _steps_of(make(float(eps[0]), computed[0])) if len(eps) else None
+        steps = _steps_of(make(float(eps[0]), grads[0])) if len(eps) else None
     return report()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from . import hah  # noqa: F401  (registers the hah-* backbones)
 from .backbones import (
     BACKBONES,
     Backbone,

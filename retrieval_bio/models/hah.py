@@ -69,21 +69,27 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 MAX_CONVERGING_HAH_BLOCKS = 7
 DN_FIELDS = ("max3", "mean")
 
-# Tolerances for ⌈·⌉ / ⌊·⌋ of products that are integers in exact arithmetic but not in
+# Relative tolerance for ⌈·⌉ / ⌊·⌋ of products that are integers in exact arithmetic but not in
 # binary floating point: 0.28 · 25 = 7.000000000000001 would give K = 8, and
 # (1 − 0.3) · 90 = 62.99999999999999 would give k = 62.
 _ROUND_EPS = 1e-9
 
 
+def _snap(x: float) -> float:
+    """``x`` rounded to the nearest integer when within float error of it."""
+    r = round(x)
+    return float(r) if abs(x - r) <= _ROUND_EPS * max(1.0, abs(x)) else x
+
+
 def num_winners(n_channels: int, k_frac: float) -> int:
     """K = ⌈k_frac · N⌉ of the HaH loss (at least 1, at most N): 7, 13, 26 for N = 64, 128,
     256 and k_frac = 0.1."""
-    return min(n_channels, max(1, math.ceil(k_frac * n_channels)))
+    return min(n_channels, max(1, math.ceil(_snap(k_frac * n_channels))))
 
 
 def threshold_rank(hw: int, keep: float) -> int:
     """k = ⌊(1 − keep) · H·W⌋ of :class:`ChannelThreshold` (the k-th smallest value is τ)."""
-    return max(0, math.floor((1.0 - keep) * hw + _ROUND_EPS))
+    return max(0, math.floor(_snap((1.0 - keep) * hw)))
 
 
 class WNConv2d(nn.Conv2d):

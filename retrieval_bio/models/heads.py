@@ -7,13 +7,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .backbones import Backbone
+from .frontends import log_mean_softmax
 
 TASKS = ("classify", "hash")
 
@@ -54,7 +52,7 @@ class TaskModel(nn.Module):
         out = out.view(e, x.shape[0], -1)
         if self.task == "hash":
             return out.mean(0)
-        return torch.logsumexp(F.log_softmax(out.float(), dim=-1), dim=0) - math.log(e)
+        return log_mean_softmax(out.float())
 
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> torch.Tensor:

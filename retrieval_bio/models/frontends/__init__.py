@@ -50,11 +50,15 @@ from .ops import (
     top_mask,
 )
 from .polarizing import PolarizingFrontEnd
+from .sparse import SparseCodingFrontEnd, log_mean_softmax
 
 #: name -> front-end class; the ``frontend`` config key's choices
 FRONTENDS: Registry[Callable[..., nn.Module]] = Registry("front end")
 FRONTENDS.register("polarizing", help="ℓ1-normalised conv + ternary quantiser "
                    "(seed 004 §4.1); three training stages")(PolarizingFrontEnd)
+FRONTENDS.register("sparse-coding", help="dictionary encoder (top-T, dropout, dead-zone "
+                   "quantiser) + decoder (seed 004 §4.2); dictionary fit on training "
+                   "patches")(SparseCodingFrontEnd)
 
 
 def frontend_names() -> list[str]:
@@ -76,19 +80,9 @@ def create_frontend(name: str, **options: object) -> nn.Module:
     return module
 
 
-def call_hooks(model: nn.Module, hook: str, *args: object) -> list[object]:
-    """Call method ``hook`` of every submodule of ``model`` that has one; their results."""
-    out = []
-    for m in model.modules():
-        fn = getattr(m, hook, None)
-        if callable(fn):
-            out.append(fn(*args))
-    return out
-
-
 __all__ = [
     "BACKWARDS", "BPDAOp", "BPDA_PRESETS", "CoeffDropout", "FRONTENDS", "PolarizingFrontEnd",
-    "Quantizer", "TopT", "bpda", "bpda_ops", "call_hooks", "create_frontend",
-    "describe_bpda", "frontend_names", "has_bpda_ops", "is_stochastic", "reseed",
-    "resolve_bpda", "top_mask",
+    "Quantizer", "SparseCodingFrontEnd", "TopT", "bpda", "bpda_ops", "create_frontend",
+    "describe_bpda", "frontend_names", "has_bpda_ops", "is_stochastic", "log_mean_softmax",
+    "reseed", "resolve_bpda", "top_mask",
 ]
