@@ -596,6 +596,21 @@ def attack_cmd(
     skip_bad: bool | None = SkipBadOpt,
     device: str = DeviceChoice,
     seed: int = typer.Option(0, help="Seed of the attack and of the query subsample."),
+    bpda: str | None = typer.Option(
+        None, "--bpda", help="Backward through the model's non-differentiable ops (front-end "
+        "quantisers, top-T, dropout), one column each: none (their true gradient: zero "
+        "through a quantiser, the obfuscated number) | identity | smooth (tanh staircase, "
+        "top-U), e.g. none,identity,smooth. Default for a front-end run: none,identity,smooth "
+        "(and smooth with --eot 10 for a random one)."),
+    eot: str | None = typer.Option(
+        None, "--eot", help="EOT: gradient samples averaged per step (fresh randomness in "
+        "each), one column per value, e.g. 1,10."),
+    eot_reduce: str = typer.Option(
+        "normalized", "--eot-reduce", help="How EOT samples combine: mean | normalized "
+        "(each gradient scaled to unit L2 per image first; seed 004) | sign."),
+    source: Path | None = typer.Option(
+        None, "--source", help="Transfer attack: make the adversarial images on this run's "
+        "model and score them on RUN's."),
     t_attack: str | None = typer.Option(
         None, "--t-attack", help="EP (ep-*) runs: relaxation steps the gradient "
         "differentiates (default: the run's t_attack); a list such as 2,10,30,70 sweeps them "
@@ -629,7 +644,9 @@ def attack_cmd(
     common = dict(grads=grads, steps=steps, preset=preset, max_queries=num_images,
                   batch_size=batch_size, device=device, seed=seed, weights=weights,
                   overwrite=overwrite, out_dir=report_dir, skip_bad=skip_bad,
-                  progress=RichProgress(), norm=norm, attack_kwargs=attack_kwargs)
+                  progress=RichProgress(), norm=norm, attack_kwargs=attack_kwargs,
+                  bpda=[b.strip() for b in bpda.split(",") if b.strip()] if bpda else None,
+                  eot=_int_list(eot, "--eot", "1,10"), eot_reduce=eot_reduce, source=source)
     with _guard(kept):
         if lengths is not None and len(lengths) > 1:
             from .workflows import t_attack_sweep
@@ -733,6 +750,47 @@ def corrupt_cmd(
                              device=device, weights=weights, overwrite=overwrite, out_dir=out,
                              progress=RichProgress())
     print_corruption_report(report)
+
+
+@app.command("diagnose")
+def diagnose_cmd(
+    run: Path = typer.Argument(..., help="Run folder to diagnose."),
+    eps: float = typer.Option(8 / 255, help="L∞ budget of the attack the perturbation-to-"
+                              "signal ratio is measured under (PGD, or HAG for hash runs)."),
+    steps: int = typer.Option(20, help="Attack iterations (seed 004: 100)."),
+    num_images: int = typer.Option(200, "--num-images", help="Query images used (seeded)."),
+    sigma: float = typer.Option(0.1, help="Std of the Gaussian noise of the block SNR."),
+    snr_draws: int = typer.Option(3, "--snr-draws", help="Noise draws per image."),
+    batch_size: int = typer.Option(100, "--batch-size", help="Images per forward."),
+    seed: int = typer.Option(0, help="Seed of the subsample, the attack and the noise."),
+    weights: str = WeightsChoice,
+    report_dir: Path | None = typer.Option(
+        None, "--report-dir", help="Folder for the results (default: the run folder)."),
+    device: str = DeviceChoice,
+) -> None:
+    """Layer-wise diagnostics of a trained run (seed 004 ch. 3, 5): perturbation-to-signal
+    ratio per layer under an attack, block SNR under noise, activation and per-filter
+    sparsity, singular values of each conv (FFT), BatchNorm statistics. Writes
+    diagnostics.json and diagnose-*.png."""
+    from .diagnose import diagnose_run
+    from .ui import RichProgress, print_table
+
+    with _guard():
+        rep = diagnose_run(run, eps=eps, steps=steps, num_images=num_images, sigma=sigma,
+                           snr_draws=snr_draws, batch_size=batch_size, seed=seed,
+                           device=device, weights=weights, out_dir=report_dir,
+                           progress=RichProgress())
+    def num(v: object) -> object:
+        return "–" if v is None else f"{v:.4g}"
+
+    rows = [[n, num(v["mean"].get("l2")), num(v["db"].get("l2")), num(rep["snr_db"].get(n)),
+             num(rep["activation_sparsity"].get(n)),
+             num((rep["spectra"].get(n) or {}).get("max"))] for n, v in rep["psr"].items()]
+    print_table(f"layer diagnostics of {run} ({rep['attack']['name']} ε={eps:g})",
+                ["layer", "PSR (L2)", "PSR dB", "SNR dB", "sparsity", "σ_max"], rows)
+    for note in rep["notes"]:
+        _say(f"note: {note}")
+    _say(f"report: {rep['path']}", err=False)
 
 
 @app.command()

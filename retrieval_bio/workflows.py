@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .attacks.base import NORMS
+from .attacks.base import EOT_REDUCERS, NORMS
 from .config import ConfigError, RunConfig
 from .eval.encode import accuracy, encode
 from .eval.plots import attack_plot, line_plot
@@ -334,6 +334,9 @@ def attack_run(
             raise ConfigError(f"{attack} is gradient-free: it queries predictions, which relax "
                               f"t_eval steps; --t-attack (the unroll a gradient "
                               f"differentiates) does not apply")
+    if eot_reduce not in EOT_REDUCERS:
+        raise ConfigError(f"--eot-reduce must be one of {' | '.join(EOT_REDUCERS)}, got "
+                          f"{eot_reduce!r}")
     variants = _attack_variants(cfg, bpda, eot, attack, source)
     notes: list[str] = []
     source_cfg = _source_config(source, cfg, run_dir, notes) if source is not None else None

@@ -325,6 +325,8 @@ def train_run(
     groups = param_groups(cfg, model, objective)
     optimizer, schedule = build_optimizer(cfg, groups)
     eval_splits = load_splits(cfg, augment=False) if cfg.augment else splits
+    if not resume:  # a resumed run's fitted parts (a dictionary) come from its checkpoint
+        fit_unsupervised_parts(model, eval_splits.train, cfg.seed, progress)
     validate, select = make_validate(cfg, eval_splits, device)
     epoch_hooks = []
     if learners.is_layer_rule(cfg.rule) and cfg.rule != "bp":
@@ -378,6 +380,31 @@ def train_run(
     # an earlier `evaluate` described other weights (a resumed run may select another epoch)
     metrics = update_metrics(run_dir, drop=is_evaluation_key, **metrics)
     return RunResult(run_dir, cfg, model, splits, metrics)
+
+
+#: at most this many training images feed an unsupervised fit (a front end's dictionary)
+FIT_IMAGES = 10_000
+
+
+def fit_unsupervised_parts(model: nn.Module, train_set, seed: int,
+                           progress: Progress | None = None) -> None:
+    """Fit every part of ``model`` that learns from images alone before training (a
+    sparse-coding front end's dictionary, ``fit_data(images, seed)``), on up to
+    :data:`FIT_IMAGES` training images of a seeded subsample; parts already fitted are left
+    as they are."""
+    from torch.utils.data import DataLoader, Subset
+
+    parts = [m for m in model.modules() if callable(getattr(m, "fit_data", None))
+             and not getattr(m, "is_fitted", False)]
+    if not parts:
+        return
+    n = len(train_set)
+    order = np.random.default_rng(seed).permutation(n)[:FIT_IMAGES]
+    subset = Subset(train_set, np.sort(order).tolist())
+    images = torch.cat([x for x, _, _ in DataLoader(subset, batch_size=256)])
+    log.info("fitting %d unsupervised part(s) on %d training images", len(parts), len(images))
+    for part in parts:
+        part.fit_data(images, seed)
 
 
 def _q(path: Path | str) -> str:
