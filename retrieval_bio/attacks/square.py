@@ -9,6 +9,7 @@ masking gradients rather than being robust.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -111,9 +112,10 @@ class Square(Attack):
 
     def __init__(
         self, model: nn.Module, eps: float, *, n_queries: int = 1000, p_init: float = 0.8,
-        seed: int = 0, grad: str = "model", norm: str = "linf",
+        seed: int = 0, grad: str = "model", norm: str = "linf", **options: Any,
     ) -> None:
-        super().__init__(model, eps, grad=grad, seed=seed, norm=norm)
+        # options: the base's bpda / eot, which a gradient-free attack refuses
+        super().__init__(model, eps, grad=grad, seed=seed, norm=norm, **options)
         if n_queries < 0:
             raise ValueError(f"n_queries must be >= 0, got {n_queries}")
         if not 0 < p_init <= 1:
