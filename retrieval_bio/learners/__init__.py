@@ -24,8 +24,9 @@ How the next procedures fit, without touching the trainer (docs/learners.md has 
   writes ``W.grad = −ΔW / max|ΔW|`` and returns ``None``; the ``linear`` schedule decays
   its rate; a later stage freezes the layer (``requires_grad_(False)``) and trains a head
   with the ``autograd`` learner.
-* A layer-local extra loss (HaH): an ``Autograd`` subclass whose step adds each block's
-  local loss, computed on detached block inputs so its gradient reaches only that block.
+* A layer-local extra loss (HaH) or a regulariser (the polarizing front end's bumps): the
+  module's ``auxiliary_loss()``, which :class:`Autograd` adds to the objective
+  (:func:`~retrieval_bio.learners.autograd.auxiliary_losses`).
 """
 
 from __future__ import annotations
