@@ -123,9 +123,9 @@ def task_model(cfg: RunConfig, num_classes: int, weights: str | None = None) -> 
     except BackboneOptionError as e:
         raise ConfigError(f"model_options: {e}") from e
     except ValueError as e:  # a bad value of an option, e.g. an image too small for the net
-        where = f"frontend {cfg.frontend!r}" if "front end" in str(e) else \
-            f"backbone {cfg.backbone!r}"
-        raise ConfigError(f"{where}: {e}") from e
+        if str(e).startswith("front end"):  # create_frontend names itself
+            raise ConfigError(f"frontend_options: {e}") from e
+        raise ConfigError(f"backbone {cfg.backbone!r}: {e}") from e
     if model.frontend is not None and hasattr(model.frontend, "check_epochs"):
         try:
             model.frontend.check_epochs(cfg.epochs)

@@ -228,3 +228,14 @@ def test_ensemble_is_log_mean_softmax_of_realisations():
     naive = torch.log(F.softmax(logits.double(), -1).mean(0))
     torch.testing.assert_close(out.double(), naive, atol=1e-5, rtol=1e-5)
     assert math.isclose(float(out.detach().exp().sum(1).mean()), 1.0, rel_tol=1e-5)
+
+
+def test_dropout_generator_state_travels_with_the_weights():
+    drop = CoeffDropout(0.5, seed=4)
+    x = torch.ones(1, 40)
+    drop(x)
+    state = drop.state_dict()
+    expected = drop(x)
+    other = CoeffDropout(0.5, seed=99)
+    other.load_state_dict(state)
+    assert torch.equal(other(x), expected)  # a resumed run draws the masks it would have

@@ -74,7 +74,7 @@ def create_frontend(name: str, **options: object) -> nn.Module:
     cls = FRONTENDS.get(name)
     try:
         module = cls(**options)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ValueError(f"front end {name!r}: {e}") from e
     module.keeps_exact_gradients = True
     return module

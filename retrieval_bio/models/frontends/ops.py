@@ -231,6 +231,13 @@ class CoeffDropout(BPDAOp):
         """Restart the mask generator from ``seed`` (default: the op's own seed)."""
         self.generator.manual_seed(self.seed if seed is None else int(seed))
 
+    def get_extra_state(self) -> dict[str, torch.Tensor]:
+        # saved with the weights, so a resumed run continues the same sequence of masks
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.p == 0:
             return x
