@@ -84,7 +84,9 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> 
     as it is, never read as markup)."""
     t = Table(title=Text(title))
     for c in columns:
-        t.add_column(Text(str(c)))
+        # headers wrap rather than end in "…": long column names (exact+bpda-identity)
+        # differ only at their end
+        t.add_column(Text(str(c)), overflow="fold")
     for r in rows:
         t.add_row(*(Text(_fmt(v)) for v in r))
     return t

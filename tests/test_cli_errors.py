@@ -44,7 +44,7 @@ def test_every_config_key_has_a_flag_and_version():
         if f.name == "stage":
             continue  # the command is the stage
         special = {"dataset_options": "--data-opt", "learner_options": "--learner-opt",
-                   "model_options": "--model-opt"}
+                   "model_options": "--model-opt", "frontend_options": "--frontend-opt"}
         flag = special.get(f.name, "--" + f.name.replace("_", "-"))
         assert flag in flags, f.name
     for pair in ("--augment", "--no-augment", "--amp", "--no-amp", "--resume", "--no-resume",
