@@ -240,6 +240,9 @@ def masking_line(report: dict[str, Any]) -> str | None:
     if report.get("task") != "classify":
         return None
     block = report.get("masking")
+    if not block and report.get("source"):
+        return ("masking: not checked (a transfer attack: the images were made on "
+                f"{report['source'].get('run')}, so this model's gradients were not used)")
     if not block:
         return ("masking: not checked (the report predates the check; re-run the attack with "
                 "--overwrite)")
