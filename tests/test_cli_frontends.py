@@ -147,3 +147,14 @@ def test_attack_option_errors(polar_runs):
         assert result.exit_code != 0 and message in result.output, result.output
     result = runner.invoke(app, ["attack", "square", run, "--bpda", "identity"])
     assert result.exit_code != 0 and "gradient-free" in result.output
+
+
+def test_adversarial_training_attacks_through_the_quantiser(polar_runs):
+    from retrieval_bio.learners import build_attack
+    from retrieval_bio.train import load_run
+
+    _, model, splits = load_run(polar_runs[0].run_dir)
+    x = torch.stack([splits.query[i][0] for i in range(8)])
+    y = torch.stack([splits.query[i][1] for i in range(8)])
+    adv = build_attack(model, "fgsm", eps=0.1)(x, y)
+    assert (adv - x).abs().amax() == pytest.approx(0.1, abs=1e-6)  # not the clean images

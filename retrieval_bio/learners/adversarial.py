@@ -103,13 +103,17 @@ class AdversarialTraining(Learner):
 def build_attack(model: nn.Module, name: str, *, eps: float, steps: int = 10,
                  alpha: float | None = None, random_start: bool = True, seed: int = 0):
     """The exact-gradient attack ``name`` (fgsm | pgd | hag) with these settings: the one
-    adversarial training and adversarial validation use."""
+    adversarial training and adversarial validation use (with BPDA identity through a
+    model's non-differentiable ops, whose true gradient would give back the clean images)."""
     from ..attacks import ATTACKS
+    from ..models.frontends import has_bpda_ops
 
     cls = ATTACKS.get(name)
+    # through a quantiser the exact gradient is zero: such examples would be the clean images
+    bpda = "identity" if has_bpda_ops(model) else None
     if name == "pgd":
         return cls(model, eps, alpha=alpha, steps=steps, random_start=random_start,
-                   grad="exact", seed=seed)
+                   grad="exact", seed=seed, bpda=bpda)
     if name == "hag":
-        return cls(model, eps, steps, grad="exact", seed=seed)
-    return cls(model, eps, grad="exact", seed=seed)
+        return cls(model, eps, steps, grad="exact", seed=seed, bpda=bpda)
+    return cls(model, eps, grad="exact", seed=seed, bpda=bpda)
