@@ -79,8 +79,9 @@ def diagnose_run(
     run = open_run(run_dir, weights=weights, device=dev)
     cfg, model = run.config, run.model
     queries = subsample(run.splits.query, num_images, seed)
-    x = torch.stack([queries[i][0] for i in range(len(queries))]).to(dev)
-    y = torch.stack([queries[i][1] for i in range(len(queries))]).to(dev)
+    items = [queries[i] for i in range(len(queries))]  # each image decoded once
+    x = torch.stack([item[0] for item in items]).to(dev)
+    y = torch.stack([item[1] for item in items]).to(dev)
 
     attack, x_adv = _attack(model, cfg.task, x, y, eps, steps, seed, batch_size, progress)
     psr = layerwise.perturbation_to_signal(model, x, x_adv, kinds=LAYERS,

@@ -84,20 +84,28 @@ def line_plot(
             ax.set_xticks(list(xticks))
             ax.set_xticklabels([f"{t:g}" for t in xticks], rotation=0, fontsize=8)
             ax.minorticks_off()
-        if ylim is not None:
-            ax.set_ylim(*ylim)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title, fontsize=10)
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-        if note:
-            fig.text(0.01, 0.01, note, fontsize=7, color="0.35", ha="left", va="bottom")
-        fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
+        _finish_axes(fig, ax, xlabel, ylabel, title, ylim, note)
     except BaseException:
         plt.close(fig)
         raise
     return save_figure(fig, path)
+
+
+def _finish_axes(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str,
+                 ylim: tuple[float, float] | None, note: str | None, legend: bool = True
+                 ) -> None:
+    """Labels, title, grid, legend and the optional note under the axes; then the layout."""
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    if legend:
+        ax.legend(fontsize=7, loc="best")
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=7, color="0.35", ha="left", va="bottom")
+    fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
@@ -306,14 +314,20 @@ def _finite(v: Any) -> float:
     return v if math.isfinite(v) else float("nan")
 
 
+def _layers(runs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The layer names of every run, in first-seen order."""
+    layers: list[str] = []
+    for res in runs.values():
+        layers.extend(n for n in res if n not in layers)
+    return layers
+
+
 def _layer_plot(
     path: str | Path, runs: Mapping[str, Mapping[str, Any]], value: Any, ylabel: str,
     title: str, *, ylim: tuple[float, float] | None = None, note: str | None = None,
 ) -> Path:
     """One line per run of ``value(result_of_layer)`` against the layer (names as ticks)."""
-    layers: list[str] = []
-    for res in runs.values():
-        layers.extend(n for n in res if n not in layers)
+    layers = _layers(runs)
     path = Path(path)
     fig, ax = plt.subplots(figsize=(max(6.4, 0.32 * len(layers) + 2.5), 4.4), dpi=120)
     try:
@@ -323,17 +337,7 @@ def _layer_plot(
                     label=label)
         ax.set_xticks(range(len(layers)))
         ax.set_xticklabels(layers, rotation=60, ha="right", fontsize=7)
-        if ylim is not None:
-            ax.set_ylim(*ylim)
-        ax.set_xlabel("layer")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title, fontsize=10)
-        ax.grid(True, alpha=0.3)
-        if runs:
-            ax.legend(fontsize=7, loc="best")
-        if note:
-            fig.text(0.01, 0.01, note, fontsize=7, color="0.35", ha="left", va="bottom")
-        fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
+        _finish_axes(fig, ax, "layer", ylabel, title, ylim, note, legend=bool(runs))
     except BaseException:
         plt.close(fig)
         raise
@@ -405,9 +409,7 @@ def layer_histograms_plot(
     import numpy as np
 
     runs = _runs(values, lambda d: not isinstance(_first_value(d), Mapping), label)
-    layers: list[str] = []
-    for res in runs.values():
-        layers.extend(n for n in res if n not in layers)
+    layers = _layers(runs)
     path = Path(path)
     fig, axes = _grid(len(layers), cols)
     try:
@@ -458,9 +460,7 @@ def spectrum_plot(
     import numpy as np
 
     runs = _runs(spectra, lambda d: not isinstance(_first_value(d), Mapping), label)
-    layers: list[str] = []
-    for res in runs.values():
-        layers.extend(n for n in res if n not in layers)
+    layers = _layers(runs)
     path = Path(path)
     fig, axes = _grid(len(layers), cols)
     try:
