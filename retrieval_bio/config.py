@@ -77,6 +77,7 @@ class RunConfig:
     t_max: int | None = None  # cosine / linear length in epochs (None: epochs)
     lr_min: float = 0.0  # cosine floor / linear end (absolute)
     layer_lrs: list[float] = field(default_factory=list)  # per backbone layer; []: lr_backbone
+    freeze_backbone: bool = False  # train only the head (a kh layer's second stage)
     # energy-based (ep-*) backbones' dynamics; None: the backbone preset's (seed 002 CIFAR:
     # 250 / 30 / 250 / 70 steps, β 0.5 for CIFAR-10 and 1.0 for CIFAR-100)
     beta: float | None = None  # nudging strength β of EP
@@ -271,8 +272,10 @@ def stage_defaults(stage: str) -> dict[str, Any]:
 
 
 #: What ``finetune --init RUN`` takes from RUN's config unless given: the backbone the
-#: weights were trained as, and the input size they were trained at.
-INHERITED_FROM_INIT = ("backbone", "image_size")
+#: weights were trained as, the input size they were trained at, and the backbone's options
+#: (``model_options``: the shape of the weights, e.g. a kh layer's width; taken only when
+#: the backbone is RUN's).
+INHERITED_FROM_INIT = ("backbone", "image_size", "model_options")
 
 
 def build_config(
@@ -301,6 +304,8 @@ def build_config(
     explicit |= {k for k, v in overrides.items() if v is not None}
     cfg = base.replace(**overrides)
     inherited = _from_init(cfg.init, [k for k in INHERITED_FROM_INIT if k not in explicit])
+    if inherited.get("backbone", cfg.backbone) != inherited.pop("_backbone", cfg.backbone):
+        inherited.pop("model_options", None)  # options of another backbone
     return cfg.replace(**inherited) if inherited else cfg
 
 
@@ -312,7 +317,7 @@ def _from_init(init: str | None, keys: list[str]) -> dict[str, Any]:
     if not cfg_path.is_file():
         return {}
     source = RunConfig.load_run(cfg_path)
-    return {k: getattr(source, k) for k in keys}
+    return {**{k: getattr(source, k) for k in keys}, "_backbone": source.backbone}
 
 
 def resume_config(

@@ -20,10 +20,10 @@ How the next procedures fit, without touching the trainer (docs/learners.md has 
   phases, and writes the symmetric estimate into ``.grad`` (or backpropagates a surrogate
   whose gradient is that estimate through ``ctx.backward``); ``uses_amp = False``; it
   returns the readout's cross-entropy at the free equilibrium to log.
-* Krotov–Hopfield: ``has_loss = False``, labels ignored; ``training_step``
-  writes ``W.grad = −ΔW / max|ΔW|`` and returns ``None``; the ``linear`` schedule decays
-  its rate; a later stage freezes the layer (``requires_grad_(False)``) and trains a head
-  with the ``autograd`` learner.
+* Krotov–Hopfield (``krotov``, :mod:`.krotov`): ``has_loss = supervised = False``, labels
+  ignored; ``training_step`` writes ``W.grad = −ΔW / max|ΔW|`` and returns ``None``; the
+  ``linear`` schedule decays its rate; ``finish`` checks convergence and prunes; a second
+  run (``finetune --init RUN --freeze-backbone``) trains the head with ``autograd``.
 * A layer-local extra loss (HaH) or a regulariser (the polarizing front end's bumps): the
   module's ``auxiliary_loss()``, which :class:`Autograd` adds to the objective
   (:func:`~retrieval_bio.learners.autograd.auxiliary_losses`).
@@ -40,6 +40,7 @@ from .adversarial import MIXES, TRAINING_ATTACKS, AdversarialTraining, build_att
 from .autograd import Autograd
 from .base import LEARNERS, Learner, StepContext
 from .ep import EquilibriumPropagation
+from .krotov import KrotovHopfield
 from .pepita import Pepita
 
 #: the learner that trains the layer rules
@@ -96,6 +97,9 @@ def create_learner(rule: str, *, seed: int = 0, options: dict[str, Any] | None =
         else:
             learner = LEARNERS.get(rule)(seed=seed, **options)
         if adv:
+            if not learner.supervised:
+                raise ConfigError(f"rule {rule!r} is unsupervised (labels unused), so it "
+                                  f"cannot train adversarially: drop --adv-train")
             learner = AdversarialTraining(learner, seed=seed, **adv)
     except ValueError as e:
         raise ConfigError(f"rule {rule!r}: {e}") from e
@@ -121,7 +125,7 @@ def prepare_model(model: nn.Module, rule: str, *, scale: str = "norm", seed: int
 
 __all__ = [
     "LAYER_RULE_LEARNER", "LEARNERS", "MIXES", "TRAINING_ATTACKS", "AdversarialTraining",
-    "Autograd", "EquilibriumPropagation", "Learner", "Pepita", "StepContext", "build_attack",
-    "create_learner",
+    "Autograd", "EquilibriumPropagation", "KrotovHopfield", "Learner", "Pepita", "StepContext",
+    "build_attack", "create_learner",
     "is_layer_rule", "learner_options", "prepare_model", "rule_names",
 ]

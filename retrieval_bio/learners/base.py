@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -65,11 +66,16 @@ class Learner(nn.Module):
         uses_amp: mixed precision may apply (``False`` for gradients that are not gradients
             of a loss, such as PEPITA's ΔW: scaling them is meaningless).
         has_loss: the step returns a loss to log (``False`` for unsupervised local rules).
+        supervised: the run validates and selects an epoch on a task metric; ``False``
+            (an unsupervised stage such as Krotov–Hopfield's, whose head is trained later)
+            keeps the last epoch, skips validation and the test evaluation, and records
+            :meth:`finish`'s metrics instead.
     """
 
     name = "learner"
     uses_amp = True
     has_loss = True
+    supervised = True
 
     @classmethod
     def check_model(cls, model: nn.Module) -> None:
@@ -94,6 +100,16 @@ class Learner(nn.Module):
             labels: ``(N, C)`` multi-hot labels on ``ctx.device``.
         """
         raise NotImplementedError
+
+    def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
+        """Extra entries for each epoch's history (e.g. convergence checks); none here."""
+        return {}
+
+    def finish(self, model: nn.Module) -> dict[str, Any]:
+        """Called once after the last epoch on the kept weights, which it may change (a
+        pruning step); returns entries for the run's metrics (``"warnings"``: texts to
+        show). Nothing here."""
+        return {}
 
     def describe(self) -> dict[str, object]:
         """The learner's settings, for the run's metrics."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from . import hah  # noqa: F401  (registers the hah-* backbones)
+from . import hah, krotov  # noqa: F401  (register the hah-*, kh and shlp backbones)
 from .backbones import (
     BACKBONES,
     Backbone,

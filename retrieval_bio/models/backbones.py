@@ -70,9 +70,29 @@ class Backbone(nn.Module):
         self.num_features = num_features
         self.head_init = head_init
         self.head_bias = head_bias
+        self.frozen = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x)).flatten(1)
+
+    def freeze(self) -> Backbone:
+        """Fix every weight (``requires_grad=False``) and every BatchNorm statistic: a frozen
+        backbone stays in eval mode whatever ``train()`` asks (a linear probe, the head
+        stage of a ``kh`` run)."""
+        self.requires_grad_(False)
+        self.frozen = True
+        return self.eval()
+
+    def train(self, mode: bool = True) -> Backbone:
+        return super().train(mode and not self.frozen)
+
+    @property
+    def representation_layer(self) -> str | None:
+        """The module (name under this backbone) whose output representation diagnostics
+        read by default, when the net names one (the ``kh`` currents h); ``None``: the
+        features the head sees."""
+        inner = getattr(self.net, "representation_layer", None)
+        return None if inner is None else f"net.{inner}"
 
 
 @dataclass

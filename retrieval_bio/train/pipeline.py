@@ -36,6 +36,7 @@ from ..runs import (
     CHECKPOINT,
     CONFIG,
     RunFolderError,
+    atomic_torch_save,
     atomic_write_bytes,
     load_checkpoint,
     resolve_weights,
@@ -93,6 +94,8 @@ def build_model(cfg: RunConfig, splits: DatasetSplits, *, load_weights: bool = T
     model = task_model(cfg, splits.num_classes, weights=cfg.weights if load_weights else None)
     if cfg.init and load_weights:
         load_init(model, cfg.init)
+    if cfg.freeze_backbone:
+        model.backbone.freeze()
     return learners.prepare_model(model, cfg.rule, scale=cfg.scale, seed=cfg.seed)
 
 
@@ -198,11 +201,14 @@ def param_groups(cfg: RunConfig, model: TaskModel, objective: nn.Module) -> list
         params = list(model.frontend.parameters())
         if params:
             backbone.insert(0, {"params": params, "lr": cfg.lr_backbone, "name": "frontend"})
-    return [
+    groups = [
         *backbone,
         {"params": list(model.head.parameters()), "lr": cfg.lr_head, "name": "head"},
         *objective.param_groups(cfg.lr_head),
     ]
+    # frozen weights (freeze_backbone) belong to no group; a group left empty is dropped
+    groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
+    return [g for g in groups if g["params"]]
 
 
 def parameter_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -325,15 +331,21 @@ def train_run(
     groups = param_groups(cfg, model, objective)
     optimizer, schedule = build_optimizer(cfg, groups)
     eval_splits = load_splits(cfg, augment=False) if cfg.augment else splits
+    learner = build_learner(cfg)
     if not resume:  # a resumed run's fitted parts (a dictionary) come from its checkpoint
         fit_unsupervised_parts(model, eval_splits.train, cfg.seed, progress)
-    validate, select = make_validate(cfg, eval_splits, device)
-    epoch_hooks = []
+        refresh_statistics(model, eval_splits.train, device, cfg.batch_size)
+    validate, select = (make_validate(cfg, eval_splits, device) if learner.supervised
+                        else (None, None))
+    epoch_hooks = [lambda m, epoch: learner.epoch_metrics(m)]
     if learners.is_layer_rule(cfg.rule) and cfg.rule != "bp":
         epoch_hooks.append(_diagnostics_hook(splits, objective, device))
+    if _has_statistics(model):
+        epoch_hooks.append(lambda m, epoch: refresh_statistics(
+            m, eval_splits.train, device, cfg.batch_size) or {})
     trainer = Trainer(  # writes nothing until fit()
         model, objective, splits.train, param_groups=groups, optimizer=optimizer,
-        schedule=schedule, learner=build_learner(cfg), epochs=cfg.epochs,
+        schedule=schedule, learner=learner, epochs=cfg.epochs,
         batch_size=cfg.batch_size, seed=cfg.seed, device=device, amp=cfg.amp,
         num_workers=cfg.num_workers, run_dir=run_dir, validate=validate, select_metric=select,
         step_hooks=step_hooks, epoch_hooks=epoch_hooks, progress=progress,
@@ -341,7 +353,6 @@ def train_run(
         history_hooks=[_curve_hook(cfg, run_dir, select)],
         chance_level=1.0 / splits.num_classes if cfg.task == "classify" else None,
     )
-    learner = trainer.learner
     # after every real parameter update (not one that AMP's scaler skipped): brSF redraws
     # M, every rule drops its cached B
     rules.attach(trainer.optimizer, model)
@@ -364,8 +375,10 @@ def train_run(
     metrics = {"stage": cfg.stage, "task": cfg.task, "rule": cfg.rule,
                "learner": learner.describe(), "optimizer": cfg.optimizer,
                "schedule": schedule.describe() if schedule else {"name": "none"},
-               "best_epoch": state.best_epoch, select: state.best_value,
-               "skipped_items": skipped_items(splits)}
+               "best_epoch": state.best_epoch, "skipped_items": skipped_items(splits)}
+    if not learner.supervised:
+        return _finish_unsupervised(cfg, trainer, splits, run_dir, metrics)
+    metrics[select] = state.best_value
     if (run_dir / BEST).is_file():  # the test metrics below come from these weights
         metrics["test_weights"] = weights_info(run_dir / BEST, {"epoch": state.best_epoch})
     try:
@@ -380,6 +393,57 @@ def train_run(
     # an earlier `evaluate` described other weights (a resumed run may select another epoch)
     metrics = update_metrics(run_dir, drop=is_evaluation_key, **metrics)
     return RunResult(run_dir, cfg, model, splits, metrics)
+
+
+def _finish_unsupervised(cfg: RunConfig, trainer: Trainer, splits: DatasetSplits,
+                         run_dir: Path, metrics: dict[str, Any]) -> RunResult:
+    """An unsupervised stage (a Krotov–Hopfield layer) keeps its last epoch: the learner's
+    ``finish`` (convergence checks, pruning) runs on it, and the result is ``best.pt``. The
+    head is untrained, so no test metric is computed; the metrics say how to train it."""
+    model = trainer.model
+    extra = trainer.learner.finish(model)
+    for text in extra.get("warnings", []):
+        log.warning(text)
+    atomic_torch_save({"model": model.state_dict(), "objective": trainer.objective.state_dict(),
+                       "epoch": trainer.state.epoch}, run_dir / BEST)
+    metrics.update(extra, best_epoch=trainer.state.epoch,
+                   test_weights=weights_info(run_dir / BEST, {"epoch": trainer.state.epoch}),
+                   next_stage=(f"the head is untrained (this stage ignores labels); train it "
+                               f"on the frozen layer: retrieval-bio finetune --init "
+                               f"{_q(run_dir)} --freeze-backbone --rule bp --optimizer adam "
+                               f"--lr-head 1e-3 --weight-decay 0 --out RUN2"))
+    metrics = update_metrics(run_dir, drop=is_evaluation_key, **metrics)
+    return RunResult(run_dir, cfg, model, splits, metrics)
+
+
+def _has_statistics(model: nn.Module) -> bool:
+    return any(callable(getattr(m, "start_statistics", None)) for m in model.modules())
+
+
+@torch.no_grad()
+def refresh_statistics(model: nn.Module, train_set, device: torch.device, batch_size: int
+                       ) -> None:
+    """Re-estimate the full-training-set statistics some modules keep (the spectral
+    regulariser's eigenbasis): each module with ``start_statistics()`` /
+    ``end_statistics()`` observes its inputs while the whole model runs, in eval mode, over
+    ``train_set`` (evaluation transforms), then updates its buffers. Before training and
+    after every epoch, so the basis an epoch uses comes from the weights it started with."""
+    from torch.utils.data import DataLoader
+
+    parts = [m for m in model.modules() if callable(getattr(m, "start_statistics", None))]
+    if not parts:
+        return
+    was = model.training
+    model.eval()
+    try:
+        for part in parts:
+            part.start_statistics()
+        for x, _, _ in DataLoader(train_set, batch_size=max(batch_size, 256)):
+            model(x.to(device))
+        for part in parts:
+            part.end_statistics()
+    finally:
+        model.train(was)
 
 
 #: at most this many training images feed an unsupervised fit (a front end's dictionary)
