@@ -21,6 +21,21 @@ from typing import Any
 import yaml
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; here it is the float a user means."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that also reads exponent floats without a dot (``1e-3``)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 class ConfigError(ValueError):
     """A configuration key or value is invalid; the message names it and the fix."""
 
@@ -230,7 +245,7 @@ class RunConfig:
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = load_yaml(path.read_text()) or {}
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {path} cannot be read: {e}") from e
         except yaml.YAMLError as e:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .config import ConfigError, RunConfig, build_config, resume_config
+from .config import ConfigError, RunConfig, build_config, load_yaml, resume_config
 from .progress import Progress
 from .runs import (
     BEST,
@@ -159,7 +159,7 @@ def load_grid(path: str | Path) -> TradeoffGrid:
     if not path.is_file():
         raise ConfigError(f"grid file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"grid file {path} cannot be read: {e}") from e
     except yaml.YAMLError as e:

@@ -60,3 +60,14 @@ def test_precedence_stage_then_file_then_flags(tmp_path):
     assert cfg.bits == 48  # the flag wins
     assert cfg.lr_backbone == 1e-3  # pretrain default, not in the file
     assert cfg.seed == 0  # None = flag not given
+
+
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    """YAML 1.1 reads 1e-3 as a string; configs and KEY=VALUE flags read it as 0.001."""
+    from retrieval_bio.config import load_yaml
+
+    assert load_yaml("[1e-3, -2E+4, 1.5e3, 12, abc]") == [0.001, -20000.0, 1500.0, 12, "abc"]
+    path = tmp_path / "c.yaml"
+    path.write_text("lr_head: 1e-3\nmodel_options: {jacobian_penalty: 1e-3}\n")
+    cfg = RunConfig.load(path)
+    assert cfg.lr_head == 0.001 and cfg.model_options == {"jacobian_penalty": 0.001}

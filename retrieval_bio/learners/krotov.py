@@ -114,7 +114,8 @@ def prune_units(w: torch.Tensor, threshold: float) -> torch.Tensor:
 def convergence(layer, radius: float = 1.0) -> dict[str, Any]:
     """[H]'s convergence criteria of a ``kh`` layer: the share of units whose ‖W_μ‖_p is
     off R by more than 0.01 (must stay below 10 %) and the units in the wrong attractor
-    (mean weight < −R/2; must be none). Pruned (all-zero) units are left out."""
+    (mean weight < −R/2; must be none). Pruned (all-zero) units are left out; a layer with
+    none left has not converged."""
     w = layer.currents.weight.detach()
     alive = w.abs().sum(1) > 0
     norms = layer.currents.unit_norms()[alive]
@@ -122,7 +123,8 @@ def convergence(layer, radius: float = 1.0) -> dict[str, Any]:
     wrong = int((w[alive].mean(1) < -radius / 2).sum())
     return {"norm_off_fraction": off, "mean_unit_norm": float(norms.mean()) if len(norms)
             else float("nan"), "wrong_attractor_units": wrong,
-            "converged": off < MAX_OFF_FRACTION and wrong == 0}
+            "units": int(alive.sum()),
+            "converged": bool(len(norms)) and off < MAX_OFF_FRACTION and wrong == 0}
 
 
 @LEARNERS.register("krotov", help="Krotov–Hopfield (PNAS 2019; seed 003): unsupervised "
@@ -199,7 +201,7 @@ class KrotovHopfield(Learner):
         layer = _layer_of(model)
         w = layer.currents.weight
         with torch.no_grad():
-            v = layer.inputs(model.backbone.normalize(images.float()))
+            v = layer.inputs(model.backbone.normalize(images))
             ds = krotov_increment(w, v, p=layer.currents.p, k=self.k, delta=self.delta,
                                   radius=self.radius)
             w.grad = -ds / ds.abs().max().clamp_min(self.precision)

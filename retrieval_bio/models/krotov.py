@@ -172,21 +172,23 @@ class SpectralPenalty(nn.Module):
             raise ValueError(f"spectral_tau must lie in [0, hidden), got {tau}")
         self.alpha = float(alpha)
         self.tau = int(tau)
-        self.register_buffer("basis", torch.empty(0))
-        self.register_buffer("target", torch.arange(1, hidden + 1, dtype=torch.float32)
-                             .pow(-self.alpha))
+        # persistent, of fixed shape, so a checkpoint loads into a new model
+        self.register_buffer("basis", torch.zeros(hidden, hidden))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     def fit(self, covariance: torch.Tensor) -> None:
         """Set S from a ``(K, K)`` covariance (float64 preferred)."""
-        evals, evecs = torch.linalg.eigh(covariance.double())
-        self.basis = evecs.flip(1).to(self.target.dtype).to(self.target.device)
+        _, evecs = torch.linalg.eigh(covariance.double())
+        self.basis.copy_(evecs.flip(1))
+        self.fitted.fill_(True)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self.basis.numel() == 0 or h.shape[0] < 2:
+        if not self.fitted or h.shape[0] < 2:
             return h.new_zeros(())
         z = (h - h.mean(0, keepdim=True)) @ self.basis.to(h.dtype)
         lam = z.pow(2).sum(0) / (h.shape[0] - 1)
-        r = (lam / self.target.to(h.dtype) - 1)[self.tau:]
+        target = torch.arange(1, lam.numel() + 1, dtype=h.dtype, device=h.device)
+        r = (lam / target.pow(-self.alpha) - 1)[self.tau:]
         return (r.pow(2) + torch.relu(r)).sum() / lam.numel()
 
 
@@ -227,8 +229,8 @@ class SHLPNet(_FlatNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._aux = None
         regularise = self.training and torch.is_grad_enabled()
-        if regularise and self.jacobian_penalty > 0:
-            # a leaf copy of the pixels: the penalty differentiates a with respect to it
+        if regularise and self.jacobian_penalty > 0 and not x.requires_grad:
+            # the penalty differentiates a with respect to the pixels: make them a leaf
             x = x.detach().requires_grad_(True)
         h = self.hidden(self.inputs(x))
         a = self.activation(h)
