@@ -21,7 +21,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: run configs: every YAML file but the grid specs of `retrieval-bio tradeoff` (configs/tradeoff/,
 #: not RunConfigs; tested with that command)
 ALL = sorted(p for p in CONFIGS.rglob("*.yaml") if p.relative_to(CONFIGS).parts[0] != "tradeoff")
-GENERATED = ("classification", "hashing", "pepita", "ep", "frontends")
+GENERATED = ("classification", "hashing", "pepita", "ep", "frontends", "krotov")
 BACKBONE_NAMES = ("alexnet", "vgg16", "resnet18")
 RULE_NAMES = ("bp", "usf", "frsf", "brsf")
 
@@ -81,7 +81,7 @@ def test_committed_grid_is_what_the_script_writes(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     written = module.write(tmp_path)
-    assert len(written) == 36 + 48 + 32 + 4 + 6 + 12
+    assert len(written) == 36 + 48 + 32 + 4 + 6 + 12 + 12
     generated = {p.relative_to(tmp_path): p.read_text() for p in written}
     committed = {p.relative_to(CONFIGS): p.read_text()
                  for sub in GENERATED for p in (CONFIGS / sub).rglob("*.yaml")}
