@@ -47,7 +47,7 @@ class RichProgress:
     def advance(self, n: int = 1, **fields: Any) -> None:
         if self._bar is None:
             return
-        info = "  ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
+        info = "  ".join(f"{k}={_fmt(v)}" for k, v in fields.items() if v is not None)
         if info:
             self._bar.update(self._task, advance=n, info=info)
         else:
@@ -66,7 +66,8 @@ class RichProgress:
         metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in entry.items()
                             if k not in skip and isinstance(v, (int, float)))
         total = f"/{epochs}" if epochs else ""
-        line = (f"epoch {entry['epoch']}{total}  loss {_fmt(entry['loss'])}  {metrics}"
+        loss = "" if entry.get("loss") is None else f"  loss {_fmt(entry['loss'])}"
+        line = (f"epoch {entry['epoch']}{total}{loss}  {metrics}"
                 f"{'  *best' if best else ''}  {entry.get('time_s', 0.0):.1f} s")
         err_console.print(Text(line))
         if "warning" in entry:
