@@ -183,3 +183,38 @@ def test_two_stage_run_layer_then_frozen_head(tmp_path):
     code, out = _invoke("train", "--rule", "krotov", "--backbone", "kh", "--adv-train", "fgsm",
                         "--out", tmp_path / "bad")
     assert code != 0 and "unsupervised" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("kind", ["krotov", "specreg"])
+def test_ctrl_c_and_resume_give_the_uninterrupted_weights(tmp_path, kind, one_thread):
+    """The spectral basis (refreshed from the whole training split after every epoch) and
+    the unsupervised stage's finish (pruning) both survive a Ctrl-C mid-epoch."""
+    from helpers import CtrlCAt
+
+    from retrieval_bio.config import RunConfig
+    from retrieval_bio.train import train_run
+
+    if kind == "krotov":
+        kw = dict(rule="krotov", backbone="kh", optimizer="sgd", momentum=0.0,
+                  lr_backbone=0.05, schedule="linear",
+                  learner_options={"prune_threshold": 0.1})
+    else:
+        kw = dict(rule="bp", backbone="shlp", lr_backbone=1e-3, lr_head=1e-3,
+                  model_options={"spectral_penalty": 1.0})
+    opts = {"grey": True, "hidden": 12, **kw.pop("model_options", {})}
+
+    def cfg(name):
+        return RunConfig(stage="train", dataset="digits", image_size=8, epochs=3,
+                         batch_size=100, weight_decay=0.0, device="cpu", model_options=opts,
+                         out=str(tmp_path / name), **kw)
+
+    ref = train_run(cfg("ref"))
+    with pytest.raises(KeyboardInterrupt):  # 10 steps per epoch: mid second epoch
+        train_run(cfg("run"), step_hooks=[CtrlCAt(15)])
+    res = train_run(cfg("run"), resume=True)
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(v, res.model.state_dict()[k]), k
+    if kind == "specreg":
+        assert bool(res.model.backbone.net.spectral.fitted)
+    else:
+        assert res.metrics["pruning"] == ref.metrics["pruning"]
