@@ -20,7 +20,7 @@ from typing import Any
 import typer
 
 from . import __version__
-from .config import ConfigError, RunConfig, build_config, resume_config
+from .config import ConfigError, RunConfig, build_config, load_yaml, resume_config
 
 app = typer.Typer(
     name="retrieval-bio",
@@ -133,7 +133,8 @@ RUN_OPTIONS: list[tuple[str, Any, Any, tuple[str, ...]]] = [
     ("task", str | None, _opt("--task", help="classify | hash (HyP² hash head)."),
      NOT_PRETRAIN),
     ("rule", str | None, _opt("--rule", help="Learning rule: bp | fa | usf | frsf | brsf "
-                              "(layer rules) | pepita | ep (see 'retrieval-bio list learners')."),
+                              "(layer rules) | pepita | ep | krotov (see 'retrieval-bio list "
+                              "learners')."),
      NOT_PRETRAIN),
     ("scale", str | None, _opt("--scale", help="Feedback scale: norm (default, |B|=|W| per "
                                "layer) | none | init (BioTorch's)."), ("finetune",)),
@@ -199,6 +200,10 @@ RUN_OPTIONS: list[tuple[str, Any, Any, tuple[str, ...]]] = [
     ("layer_lrs", str | None, _opt("--layer-lrs", help="Per-layer learning rates of the "
                                    "backbone's layers in order, e.g. 0.25,0.15,0.1,0.08 "
                                    "(seed 002); the head keeps --lr-head."), ANY),
+    ("freeze_backbone", bool | None, _opt("--freeze-backbone/--no-freeze-backbone",
+                                          help="Train only the head: the backbone's weights "
+                                          "stay fixed and its BatchNorms in eval mode (the "
+                                          "head stage of a kh run)."), ANY),
     ("beta", float | None, _opt("--beta", help="EP nudging strength β (ep-* backbones; "
                                 "default: the preset's)."), ANY),
     ("t_free", int | None, _opt("--t-free", help="EP free-phase steps per training step."),
@@ -278,7 +283,7 @@ def _data_options(items: list[str] | None, flag: str = "--data-opt") -> dict | N
         if not sep or not key.strip():
             _fail(f"{flag} takes KEY=VALUE, got {item!r}")
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            out[key.strip()] = load_yaml(value)
         except yaml.YAMLError as e:
             _fail(f"{flag} {item!r}: the value is not valid YAML ({e})")
     return out
@@ -754,10 +759,12 @@ def corrupt_cmd(
 
 @app.command("diagnose")
 def diagnose_cmd(
-    run: Path = typer.Argument(..., help="Run folder to diagnose."),
+    runs: list[Path] = typer.Argument(..., help="Run folder(s) to diagnose; with several, "
+                                      "--out DIR gets a comparison."),
     eps: float = typer.Option(8 / 255, help="L∞ budget of the attack the perturbation-to-"
                               "signal ratio is measured under (PGD, or HAG for hash runs)."),
-    steps: int = typer.Option(20, help="Attack iterations (seed 004: 100)."),
+    steps: int = typer.Option(20, help="Attack iterations (seed 004: 100); also the PGD "
+                              "iterations of the critical-perturbation sweep."),
     num_images: int = typer.Option(200, "--num-images", help="Query images used (seeded)."),
     sigma: float = typer.Option(0.1, help="Std of the Gaussian noise of the block SNR."),
     snr_draws: int = typer.Option(3, "--snr-draws", help="Noise draws per image."),
@@ -765,32 +772,144 @@ def diagnose_cmd(
     seed: int = typer.Option(0, help="Seed of the subsample, the attack and the noise."),
     weights: str = WeightsChoice,
     report_dir: Path | None = typer.Option(
-        None, "--report-dir", help="Folder for the results (default: the run folder)."),
+        None, "--report-dir", help="Folder for the results of one run (default: the run "
+        "folder)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Folder for the comparison of the runs "
+        "(diagnose-compare.json and diagnose-compare-*.png); required with several runs, "
+        "whose own results go into their run folders."),
+    layerwise_section: bool = typer.Option(
+        True, "--layerwise/--no-layerwise", help="Measure the layer-wise section (PSR, SNR, "
+        "sparsity, conv spectra, BatchNorm)."),
+    representation: bool = typer.Option(
+        True, "--representation/--no-representation", help="Measure the representation "
+        "layer: covariance spectrum and power law (data, white-noise probe, pixels), "
+        "Jacobian norms, critical perturbations."),
+    layer: str | None = typer.Option(
+        None, "--layer", help="Representation layer: a module name (see the error of a bad "
+        "name for the list) or 'head-input'. Default: the backbone's own representation "
+        "layer, else the input of the head."),
+    projections: str = typer.Option(
+        "auto", "--projections", help="Jacobian: 'exact', a number of random projections, or "
+        "'auto' (exact up to 256 output units, else 16 projections)."),
+    spectrum_images: int = typer.Option(
+        1000, "--spectrum-images", help="Query images for the spectra (capped at the query "
+        "split; the reference used 10,000)."),
+    probe_images: int = typer.Option(
+        100, "--probe-images", help="Query images for the Jacobian norms and the critical "
+        "perturbations."),
+    critical: str = typer.Option(
+        "noise,fgsm,pgd", "--critical-attacks", help="Comma-separated critical-perturbation "
+        "attacks (noise, fgsm, pgd), or 'none'. Classification runs only."),
+    grid_size: int = typer.Option(
+        24, "--grid-size", help="Log-spaced ε per critical sweep: 1e-3…1 (FGSM, PGD; L∞ "
+        "pixels) and 1e-2…10 (noise σ)."),
     device: str = DeviceChoice,
 ) -> None:
-    """Layer-wise diagnostics of a trained run (seed 004 ch. 3, 5): perturbation-to-signal
+    """Diagnostics of trained runs. Layer-wise (seed 004 ch. 3, 5): perturbation-to-signal
     ratio per layer under an attack, block SNR under noise, activation and per-filter
-    sparsity, singular values of each conv (FFT), BatchNorm statistics. Writes
-    diagnostics.json and diagnose-*.png."""
-    from .diagnose import diagnose_run
+    sparsity, singular values of each conv (FFT), BatchNorm statistics. Representation
+    (methods/krotov.md): covariance spectrum with its power-law exponent α on query images
+    and on a seeded white-noise probe, input-Jacobian norms, and the critical perturbation
+    (first ε that flips each correct image, and ‖Δx‖₂) under noise, FGSM and PGD. Writes
+    diagnostics.json and diagnose-*.png per run; several runs with --out DIR also get
+    diagnose-compare.json and diagnose-compare-*.png there."""
+    from .diagnose import diagnose_run, diagnose_runs
     from .ui import RichProgress, print_table
 
+    if len(runs) > 1 and out is None:
+        _fail(f"diagnosing {len(runs)} runs compares them: give --out DIR for the comparison "
+              f"(each run's own diagnostics.json still goes into its run folder)")
+    if len(runs) > 1 and report_dir is not None:
+        _fail("--report-dir takes a single run; with several runs each run's results go "
+              "into its own folder and the comparison into --out")
+    names = [] if critical.strip().lower() == "none" else \
+        [a.strip().lower() for a in critical.split(",") if a.strip()]
+    proj: str | int = projections.strip().lower()
+    if proj not in ("auto", "exact"):
+        try:
+            proj = int(proj)
+        except ValueError:
+            _fail(f"--projections takes 'auto', 'exact' or a whole number >= 1, got "
+                  f"{projections!r}")
+    options: dict[str, Any] = dict(
+        eps=eps, steps=steps, num_images=num_images, sigma=sigma, snr_draws=snr_draws,
+        batch_size=batch_size, seed=seed, device=device, weights=weights,
+        layerwise_section=layerwise_section, representation=representation, layer=layer,
+        projections=proj, spectrum_images=spectrum_images, probe_images=probe_images,
+        attacks=names, grid_size=grid_size)
     with _guard():
-        rep = diagnose_run(run, eps=eps, steps=steps, num_images=num_images, sigma=sigma,
-                           snr_draws=snr_draws, batch_size=batch_size, seed=seed,
-                           device=device, weights=weights, out_dir=report_dir,
-                           progress=RichProgress())
+        if out is None:
+            reports = {str(runs[0]): diagnose_run(runs[0], out_dir=report_dir,
+                                                  progress=RichProgress(), **options)}
+            compared = None
+        else:
+            compared = diagnose_runs(runs, out, progress=RichProgress(), **options)
+            reports = compared["reports"]
+
     def num(v: object) -> object:
         return "–" if v is None else f"{v:.4g}"
 
-    rows = [[n, num(v["mean"].get("l2")), num(v["db"].get("l2")), num(rep["snr_db"].get(n)),
-             num(rep["activation_sparsity"].get(n)),
-             num((rep["spectra"].get(n) or {}).get("max"))] for n, v in rep["psr"].items()]
-    print_table(f"layer diagnostics of {run} ({rep['attack']['name']} ε={eps:g})",
-                ["layer", "PSR (L2)", "PSR dB", "SNR dB", "sparsity", "σ_max"], rows)
-    for note in rep["notes"]:
-        _say(f"note: {note}")
-    _say(f"report: {rep['path']}", err=False)
+    for name, rep in reports.items():
+        rows = [[n, num(v["mean"].get("l2")), num(v["db"].get("l2")),
+                 num(rep["snr_db"].get(n)), num(rep["activation_sparsity"].get(n)),
+                 num((rep["spectra"].get(n) or {}).get("max"))] for n, v in rep["psr"].items()]
+        if rep["attack"] is not None:
+            print_table(f"layer diagnostics of {name} ({rep['attack']['name']} ε={eps:g})",
+                        ["layer", "PSR (L2)", "PSR dB", "SNR dB", "sparsity", "σ_max"], rows)
+        r = rep.get("representation")
+        if r:
+            print_table(f"representation of {name}: {r['layer']} ({r['output_dim']} units)",
+                        ["quantity", "value"], _diag_representation_rows(r))
+        for note in rep["notes"]:
+            _say(f"note: {note}")
+        _say(f"report: {rep['path']}", err=False)
+    if compared is not None:
+        print_table("comparison", *_diag_compare_table(compared["runs"]))
+        for w in compared["warnings"]:
+            _say(f"warning: {w}")
+        _say(f"comparison: {compared['path']}", err=False)
+
+
+def _diag_alpha(fit: dict[str, Any]) -> str:
+    if fit.get("alpha") is None:
+        return "–"
+    return f"{fit['alpha']:.3g} ± {fit['stderr']:.2g} (R² {fit['r2']:.3f})"
+
+
+def _diag_representation_rows(r: dict[str, Any]) -> list[list[str]]:
+    """The representation block of a diagnose report as (quantity, value) rows."""
+    def num(v: object) -> str:
+        return "–" if v is None else f"{v:.4g}"
+
+    rows = [[f"α data ({r['spectrum']['images']} images)", _diag_alpha(r["spectrum"]["fit"])],
+            ["α white-noise probe", _diag_alpha(r["noise_spectrum"]["fit"])],
+            ["α pixels", _diag_alpha(r["input_spectrum"]["fit"])],
+            [f"‖J‖_F median ({r['jacobian']['method']})", num(r["jacobian"].get("median"))]]
+    for attack, c in (r.get("critical") or {}).items():
+        rows.append([f"{attack}: median crit ‖Δx‖₂ / never flipped",
+                     f"{num(c['median_crit_norm'])} / {num(c['never_flipped'])}"])
+    return rows
+
+
+def _diag_compare_table(entries: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    def num(v: object) -> str:
+        return "–" if v is None else f"{v:.4g}"
+
+    def pm(e: dict[str, Any], key: str) -> str:
+        a, se = e.get(f"alpha_{key}"), e.get(f"alpha_{key}_stderr")
+        return "–" if a is None else f"{a:.3g} ± {se:.2g}"
+
+    attacks: list[str] = []
+    for e in entries.values():
+        attacks.extend(a for a in e.get("median_crit_norm", {}) if a not in attacks)
+    header = (["run", "test acc", "α data", "α noise", "‖J‖ median"]
+              + [f"crit ‖Δx‖ {a}" for a in attacks])
+    rows = [[label, num(e.get("test_accuracy")), pm(e, "data"), pm(e, "noise"),
+             num(e.get("jacobian_median"))]
+            + [num(e.get("median_crit_norm", {}).get(a)) for a in attacks]
+            for label, e in entries.items()]
+    return header, rows
 
 
 @app.command()

@@ -486,3 +486,253 @@ def spectrum_plot(
         plt.close(fig)
         raise
     return save_figure(fig, path)
+
+
+# ------------------------------------------------------ representation diagnostics
+# Figures for :mod:`retrieval_bio.eval.representation` (methods/krotov.md, Diagnostics 1–3):
+# each takes ``run label -> result`` so one figure compares runs, one colour per run.
+
+
+def _fit_dict(fit: Any) -> Mapping[str, Any] | None:
+    """A :class:`~retrieval_bio.eval.representation.PowerLawFit` or its ``to_dict()``."""
+    if fit is None:
+        return None
+    return fit.to_dict() if hasattr(fit, "to_dict") else fit
+
+
+def _fit_label(name: str, fit: Mapping[str, Any] | None) -> str:
+    if not fit or fit.get("alpha") is None:
+        why = (fit or {}).get("reason")
+        return f"{name}: no fit" + (" (too few eigenvalues)" if why else "")
+    se = fit.get("stderr")
+    se_text = f" ± {se:.2g}" if se is not None else ""
+    return f"{name}: α = {fit['alpha']:.3g}{se_text} (n = {fit['n_first']}…{fit['n_last']})"
+
+
+def _draw_spectrum(ax: Any, eigs: Any, fit: Mapping[str, Any] | None, name: str,
+                   colour: str, **kw: Any) -> None:
+    """λ_n/λ_1 against n and the fitted line, dashed over its window. Only values above the
+    eigensolver's rounding level (λ_1·count·float64-eps, as the fit) are drawn: the zeros of
+    a rank-deficient covariance come out as ±1e-17·λ_1 and would stretch the log axis."""
+    import numpy as np
+
+    lam = np.sort(np.asarray(eigs, dtype=float).ravel())[::-1]
+    if not lam.size or not lam[0] > 0:
+        return
+    rel = lam / lam[0]
+    n = np.arange(1, rel.size + 1)
+    keep = rel > rel.size * np.finfo(float).eps
+    ax.plot(n[keep], rel[keep], color=colour, linewidth=1.3, label=_fit_label(name, fit), **kw)
+    if fit and fit.get("alpha") is not None:
+        ns = np.arange(fit["n_first"], fit["n_last"] + 1, dtype=float)
+        # the run's own colour: with several runs a black line would not say whose it is
+        ax.plot(ns, np.exp(fit["intercept"]) * ns ** (-fit["alpha"]), color=colour,
+                linestyle="--", linewidth=1.0, alpha=0.9)
+
+
+def power_law_plot(
+    path: str | Path, spectra: Mapping[str, Mapping[str, Any]], *, title: str | None = None,
+) -> Path:
+    """Covariance spectra λ_n/λ_1 against rank n on log–log axes, one colour per run, each
+    fitted power law drawn dashed in the run's colour over its window, α ± stderr in the
+    legend.
+
+    ``spectra``: run label -> ``{"data": eigenvalues, "fit": PowerLawFit or its dict,
+    "noise": eigenvalues of the white-noise probe or None, "noise_fit": ...}``, optionally
+    ``"input"``/``"input_fit"`` (the pixels' own spectrum, the identity map, drawn dotted in
+    the data panel). Data on the left, the noise probe on the right (when some run has one).
+    """
+    path = Path(path)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    has_noise = any(s.get("noise") is not None for s in spectra.values())
+    fig, axes = plt.subplots(1, 2 if has_noise else 1, figsize=(11.5 if has_noise else 6.4,
+                                                                 4.6), dpi=110, squeeze=False)
+    try:
+        panels = [("data", "fit", "test images")] + (
+            [("noise", "noise_fit", "white-noise probe (N(0, 1) pixels)")] if has_noise else [])
+        for ax, (key, fit_key, name) in zip(axes[0], panels, strict=True):
+            for i, (label, s) in enumerate(spectra.items()):
+                colour = cycle[i % len(cycle)]
+                if s.get(key) is not None:
+                    _draw_spectrum(ax, s[key], _fit_dict(s.get(fit_key)), label, colour)
+                if key == "data" and s.get("input") is not None:
+                    _draw_spectrum(ax, s["input"], _fit_dict(s.get("input_fit")),
+                                   f"{label} pixels", colour, linestyle=":", alpha=0.7)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("rank n")
+            ax.set_ylabel("λ_n / λ_1")
+            ax.set_title(name, fontsize=9)
+            ax.grid(True, which="major", alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=6.5, loc="lower left")
+        fig.suptitle(title or "Covariance spectrum and power-law fit (dashed: OLS over its "
+                     "window)", fontsize=10)
+        fig.tight_layout()
+    except BaseException:
+        plt.close(fig)
+        raise
+    return save_figure(fig, path)
+
+
+def jacobian_histogram_plot(
+    path: str | Path, norms: Mapping[str, Any], *, bins: int = 30, title: str | None = None,
+    xlabel: str = "‖J‖_F (output units per [0, 1] pixel)",
+) -> Path:
+    """Histogram of the per-image Jacobian norm, runs overlaid on shared bins (log-spaced
+    when the values span more than two decades), each run's median as a vertical line.
+    ``norms``: run label -> 1-D values; NaN and ±inf are left out."""
+    import numpy as np
+
+    path = Path(path)
+    data = {lab: np.asarray(v, dtype=float).ravel() for lab, v in norms.items()}
+    data = {lab: v[np.isfinite(v)] for lab, v in data.items()}
+    pooled = np.concatenate(list(data.values())) if data else np.empty(0)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    try:
+        positive = pooled[pooled > 0]
+        logx = bool(positive.size and positive.size == pooled.size
+                    and positive.max() > 100 * positive.min())
+        if logx:
+            edges = np.geomspace(positive.min(), positive.max(), bins + 1)
+            ax.set_xscale("log")
+        else:
+            edges = np.histogram_bin_edges(pooled, bins=bins) if pooled.size else bins
+        for i, (lab, v) in enumerate(data.items()):
+            if not v.size:
+                continue
+            colour = cycle[i % len(cycle)]
+            med = float(np.median(v))
+            ax.hist(v, bins=edges, alpha=0.5, color=colour,
+                    label=f"{lab}: median {med:.3g} ({v.size} images)")
+            ax.axvline(med, color=colour, linewidth=1.2)
+        _finish_axes(fig, ax, xlabel, "images", title or "Input-Jacobian norm per image",
+                     None, None, legend=bool(pooled.size))
+    except BaseException:
+        plt.close(fig)
+        raise
+    return save_figure(fig, path)
+
+
+def critical_norm_boxplot(
+    path: str | Path, crit: Mapping[str, Mapping[str, Any]], *, title: str | None = None,
+) -> Path:
+    """Boxes of the critical perturbation norm ‖Δx‖₂ ([0, 1] pixels), one panel per attack,
+    one box per run (krotov.md Diagnostics 3; [H] Fig. 1). ``crit``: run label ->
+    ``{attack: per-image crit_norm}``; a never-flipped image (inf or None) cannot be drawn:
+    each box's label says how many of its images never flipped. Log y when the values span
+    more than a decade."""
+    import numpy as np
+
+    path = Path(path)
+    attacks: list[str] = []
+    for per in crit.values():
+        attacks.extend(a for a in per if a not in attacks)
+    fig, axes = _grid(max(len(attacks), 1), cols=3, size=(max(3.2, 1.1 * len(crit) + 1.4),
+                                                         3.6))
+    try:
+        for ax, attack in zip(axes.flat, attacks, strict=False):
+            boxes, labels = [], []
+            for lab, per in crit.items():
+                if attack not in per or per[attack] is None:
+                    continue
+                raw = np.asarray([np.inf if v is None else v for v in per[attack]],
+                                 dtype=float)
+                finite = raw[np.isfinite(raw)]
+                never = raw.size - finite.size
+                boxes.append(finite)
+                labels.append(f"{lab}\n{never}/{raw.size} never" if never else lab)
+            if boxes:
+                ax.boxplot([b if b.size else [np.nan] for b in boxes], showfliers=True)
+                ax.set_xticks(range(1, len(labels) + 1))
+                ax.set_xticklabels(labels, fontsize=7, rotation=20 if len(labels) > 3 else 0)
+                pooled = np.concatenate(boxes)
+                pooled = pooled[pooled > 0]
+                if pooled.size and pooled.max() > 10 * pooled.min():
+                    ax.set_yscale("log")
+            ax.set_title(attack, fontsize=9)
+            ax.set_ylabel("critical ‖Δx‖₂", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(True, axis="y", alpha=0.3)
+        fig.suptitle(title or "Critical perturbation norm (first ε of the grid that flips "
+                     "each initially correct image)", fontsize=9)
+        fig.tight_layout()
+    except BaseException:
+        plt.close(fig)
+        raise
+    return save_figure(fig, path)
+
+
+def critical_accuracy_plot(
+    path: str | Path, curves: Mapping[str, Mapping[str, Any]], *, title: str | None = None,
+) -> Path:
+    """Relative accuracy (fraction of the initially correct images not yet flipped) against
+    ε, log ε axis, one panel per attack, one line per run. ``curves``: run label ->
+    ``{attack: (eps, relative_accuracy)}``."""
+    path = Path(path)
+    attacks: list[str] = []
+    for per in curves.values():
+        attacks.extend(a for a in per if a not in attacks)
+    fig, axes = _grid(max(len(attacks), 1), cols=3, size=(3.8, 3.2))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    try:
+        for ax, attack in zip(axes.flat, attacks, strict=False):
+            for i, (lab, per) in enumerate(curves.items()):
+                if attack not in per:
+                    continue
+                eps, acc = per[attack]
+                ax.plot(list(eps), [_finite(v) for v in acc], marker="o", markersize=2.5,
+                        linewidth=1.3, color=cycle[i % len(cycle)], label=lab)
+            ax.set_xscale("log")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel("σ (pixels)" if attack == "noise" else "ε (L∞, pixels in [0, 1])",
+                          fontsize=8)
+            ax.set_ylabel("relative accuracy", fontsize=8)
+            ax.set_title(attack, fontsize=9)
+            ax.tick_params(labelsize=7)
+            ax.grid(True, which="major", alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=6.5, loc="lower left")
+        fig.suptitle(title or "Accuracy relative to the clean-correct images", fontsize=9)
+        fig.tight_layout()
+    except BaseException:
+        plt.close(fig)
+        raise
+    return save_figure(fig, path)
+
+
+def critical_vs_accuracy_plot(
+    path: str | Path, points: Mapping[str, Mapping[str, Any]], *, title: str | None = None,
+) -> Path:
+    """Median critical norm against test accuracy, one marker per run, one colour per attack
+    ([H] Fig. A2). ``points``: run label -> ``{"accuracy": test accuracy or None,
+    attack: median crit_norm or None, ...}``; runs or attacks without a number are left out."""
+    path = Path(path)
+    attacks: list[str] = []
+    for per in points.values():
+        attacks.extend(a for a in per if a != "accuracy" and a not in attacks)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    try:
+        for attack in attacks:
+            xs, ys, names = [], [], []
+            for lab, per in points.items():
+                acc, med = per.get("accuracy"), per.get(attack)
+                if acc is None or med is None:
+                    continue
+                xs.append(float(acc))
+                ys.append(float(med))
+                names.append(lab)
+            if not xs:
+                continue
+            ax.plot(xs, ys, marker="o", linestyle="none", label=attack)
+            for x, y, name in zip(xs, ys, names, strict=True):
+                ax.annotate(name, (x, y), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
+        _finish_axes(fig, ax, "test accuracy", "median critical ‖Δx‖₂ ([0, 1] pixels)",
+                     title or "Robustness against accuracy", None, None,
+                     legend=bool(ax.lines))
+    except BaseException:
+        plt.close(fig)
+        raise
+    return save_figure(fig, path)

@@ -61,10 +61,14 @@ def krotov_increment(w: torch.Tensor, v: torch.Tensor, *, p: float, k: int, delt
     synaptic = w if p == 2 else w * w.abs().pow(p - 2)
     h = v @ synaptic.T  # (B, K)
     top = h.topk(k, dim=1).indices  # (B, k), largest first
-    g = torch.zeros_like(h)
-    g.scatter_(1, top[:, :1], 1.0)
-    g.scatter_(1, top[:, k - 1:k], -delta)
-    return radius ** p * (g.T @ v) - (g * h).sum(0)[:, None] * w
+    first, kth = top[:, 0], top[:, k - 1]
+    # g has two non-zeros per sample, so Σ_b g_μb v_b is two scatter-adds of the inputs, not
+    # a dense (K, B) x (B, N) product
+    hebb = torch.zeros_like(w).index_add_(0, first, v).index_add_(0, kth, v, alpha=-delta)
+    rows = torch.arange(len(h), device=h.device)
+    coef = (torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+            .index_add_(0, first, h[rows, first]).index_add_(0, kth, h[rows, kth], alpha=-delta))
+    return radius ** p * hebb - coef[:, None] * w
 
 
 def weight_variance(w: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,7 @@ import math
 import torch
 import torch.nn as nn
 
+from ..losses.jacobian import graph_jacobian_frobenius_sq
 from .backbones import BACKBONES, BackboneSpec, WeightsNotFoundError
 
 
@@ -143,22 +144,6 @@ class KHNet(_FlatNet):
         return self.currents
 
 
-def projected_jacobian_sq(out: torch.Tensor, inp: torch.Tensor, projections: int
-                          ) -> torch.Tensor:
-    """Unbiased estimate of ‖∂out_b/∂inp_b‖_F² per sample ``(B,)`` from the graph that
-    made ``out`` ``(B, K)`` from ``inp`` (samples independent): K·mean_j ‖Jᵀ v_j‖² with
-    v_j uniform on the unit sphere of R^K, drawn per sample from the global RNG (which the
-    trainer checkpoints). The graph is kept, so the estimate can be a training penalty."""
-    k = out.shape[1]
-    total = out.new_zeros(out.shape[0])
-    for _ in range(projections):
-        v = torch.randn_like(out)
-        v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        (g,) = torch.autograd.grad(out, inp, grad_outputs=v, create_graph=True)
-        total = total + g.flatten(1).pow(2).sum(1)
-    return total * (k / projections)
-
-
 class SpectralPenalty(nn.Module):
     """Nassar et al. (2020)'s spectral loss on a batch of hidden vectors ``(B, K)``.
 
@@ -244,8 +229,8 @@ class SHLPNet(_FlatNet):
             if self.spectral is not None:
                 aux = aux + self.spectral_penalty * self.spectral(h)
             if self.jacobian_penalty > 0:
-                aux = aux + self.jacobian_penalty * projected_jacobian_sq(
-                    a, x, self.jacobian_projections).mean()
+                aux = aux + self.jacobian_penalty * graph_jacobian_frobenius_sq(
+                    a, x, projections=self.jacobian_projections, create_graph=True).mean()
             self._aux = aux if (self.spectral is not None or self.jacobian_penalty > 0) else None
         return a
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from retrieval_bio.datasets import TensorSplit
+from retrieval_bio.losses.jacobian import graph_jacobian_frobenius_sq
 from retrieval_bio.models import create_model
-from retrieval_bio.models.krotov import projected_jacobian_sq
 from retrieval_bio.train.pipeline import refresh_statistics
 
 
@@ -58,7 +58,7 @@ def test_jacobian_penalty_estimates_the_jacobian_of_the_activations():
     draws = []
     for _ in range(400):
         xi = x.clone().requires_grad_(True)
-        draws.append(projected_jacobian_sq(net(xi), xi, 1).detach().numpy())
+        draws.append(graph_jacobian_frobenius_sq(net(xi), xi, projections=1).numpy())
     draws = np.array(draws)
     se = draws.std(0) / np.sqrt(len(draws))
     assert np.all(np.abs(draws.mean(0) - exact) < 4 * se + 1e-12)
