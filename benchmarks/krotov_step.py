@@ -12,11 +12,10 @@ prints the time of each and the ratio per size, in one process.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
+from conv_spectra import timed  # the same median-of-rounds timer
 
 from retrieval_bio.learners.krotov import krotov_increment
 
@@ -34,15 +33,6 @@ def reference_step(w: np.ndarray, v: np.ndarray, p: float, k: int, delta: float)
     xx = np.sum(yl * tot_input, 1)
     ds = yl @ v - xx[:, None] * w
     return ds / max(np.abs(ds).max(), 1e-30)
-
-
-def timed(fn, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -615,6 +615,14 @@ def jacobian_histogram_plot(
     return save_figure(fig, path)
 
 
+def _inner_keys(data: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The keys of the inner mappings (run -> {attack: ...}), first-seen order, once each."""
+    keys: list[str] = []
+    for inner in data.values():
+        keys.extend(k for k in inner if k not in keys)
+    return keys
+
+
 def critical_norm_boxplot(
     path: str | Path, crit: Mapping[str, Mapping[str, Any]], *, title: str | None = None,
 ) -> Path:
@@ -626,9 +634,7 @@ def critical_norm_boxplot(
     import numpy as np
 
     path = Path(path)
-    attacks: list[str] = []
-    for per in crit.values():
-        attacks.extend(a for a in per if a not in attacks)
+    attacks = _inner_keys(crit)
     fig, axes = _grid(max(len(attacks), 1), cols=3, size=(max(3.2, 1.1 * len(crit) + 1.4),
                                                          3.6))
     try:
@@ -671,9 +677,7 @@ def critical_accuracy_plot(
     ε, log ε axis, one panel per attack, one line per run. ``curves``: run label ->
     ``{attack: (eps, relative_accuracy)}``."""
     path = Path(path)
-    attacks: list[str] = []
-    for per in curves.values():
-        attacks.extend(a for a in per if a not in attacks)
+    attacks = _inner_keys(curves)
     fig, axes = _grid(max(len(attacks), 1), cols=3, size=(3.8, 3.2))
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     try:
@@ -709,9 +713,7 @@ def critical_vs_accuracy_plot(
     ([H] Fig. A2). ``points``: run label -> ``{"accuracy": test accuracy or None,
     attack: median crit_norm or None, ...}``; runs or attacks without a number are left out."""
     path = Path(path)
-    attacks: list[str] = []
-    for per in points.values():
-        attacks.extend(a for a in per if a != "accuracy" and a not in attacks)
+    attacks = [a for a in _inner_keys(points) if a != "accuracy"]
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     try:
         for attack in attacks:

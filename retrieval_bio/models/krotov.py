@@ -41,6 +41,7 @@ import torch.nn as nn
 
 from ..losses.jacobian import graph_jacobian_frobenius_sq
 from .backbones import BACKBONES, BackboneSpec, WeightsNotFoundError
+from .mlp import flat_inputs
 
 
 def lp_normalize(v: torch.Tensor, q: float, eps: float = 1e-12) -> torch.Tensor:
@@ -109,14 +110,7 @@ class _FlatNet(nn.Module):
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` images -> the normalised flat input ``(N, in_features)``."""
-        if self.grey:
-            x = x.mean(1, keepdim=True)
-        flat = x.flatten(1)
-        if flat.shape[1] != self.in_features:
-            raise ValueError(
-                f"{type(self).__name__} expects {self.in_features} inputs per image but got "
-                f"{flat.shape[1]} ({tuple(x.shape[1:])}); build it with the run's image_size "
-                f"and grey option")
+        flat = flat_inputs(x, self.in_features, self.grey, type(self).__name__)
         return lp_normalize(flat, self.input_norm)
 
     def activation(self, h: torch.Tensor) -> torch.Tensor:

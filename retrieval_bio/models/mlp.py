@@ -23,6 +23,19 @@ import torch
 import torch.nn as nn
 
 
+def flat_inputs(x: torch.Tensor, in_features: int, grey: bool, name: str) -> torch.Tensor:
+    """``(N, C, H, W)`` images -> ``(N, in_features)``: the channel mean when ``grey``, then
+    flattened; a size that does not match names the net and the fix."""
+    if grey:
+        x = x.mean(1, keepdim=True)
+    flat = x.flatten(1)
+    if flat.shape[1] != in_features:
+        raise ValueError(
+            f"{name} expects {in_features} inputs per image but got {flat.shape[1]} "
+            f"({tuple(x.shape[1:])}); build it with the run's image_size and grey option")
+    return flat
+
+
 class SharedDropout(nn.Module):
     """Inverted dropout (keep with probability 1 − p, kept units scaled by 1/(1 − p)) whose
     mask can be held across forward passes: inside :func:`shared_masks` the first pass
@@ -113,14 +126,7 @@ class MLP(nn.Module):
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` images -> the flat input ``(N, in_features)``."""
-        if self.grey:
-            x = x.mean(1, keepdim=True)
-        flat = x.flatten(1)
-        if flat.shape[1] != self.in_features:
-            raise ValueError(
-                f"mlp expects {self.in_features} inputs per image but got {flat.shape[1]} "
-                f"({tuple(x.shape[1:])}); build it with the run's image_size and grey option")
-        return flat
+        return flat_inputs(x, self.in_features, self.grey, "mlp")
 
     def hidden_states(self, flat: torch.Tensor, first: torch.Tensor | None = None
                       ) -> list[torch.Tensor]:
