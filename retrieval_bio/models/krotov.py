@@ -231,12 +231,16 @@ class SHLPNet(_FlatNet):
     def auxiliary_loss(self) -> torch.Tensor | None:
         return self._aux
 
+    @property
+    def needs_statistics(self) -> bool:
+        """The pipeline refreshes this net's full-data statistics (spectral regulariser)."""
+        return self.spectral is not None
+
     def start_statistics(self) -> None:
         """Start accumulating the covariance of the hidden vectors over the forwards that
         follow (the pipeline runs the training split through the model in eval mode, before
-        training and after every epoch); a no-op without the spectral regulariser."""
-        if self.spectral is not None:
-            self._stats = [0.0, 0.0, 0]  # sum (K,), scatter (K, K), count, in float64
+        training and after every epoch)."""
+        self._stats = [0.0, 0.0, 0]  # sum (K,), scatter (K, K), count, in float64
 
     def end_statistics(self) -> None:
         """Set the spectral regulariser's eigenbasis from the accumulated covariance,

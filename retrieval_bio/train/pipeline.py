@@ -340,7 +340,7 @@ def train_run(
     epoch_hooks = [lambda m, epoch: learner.epoch_metrics(m)]
     if learners.is_layer_rule(cfg.rule) and cfg.rule != "bp":
         epoch_hooks.append(_diagnostics_hook(splits, objective, device))
-    if _has_statistics(model):
+    if _statistics_parts(model):
         epoch_hooks.append(lambda m, epoch: refresh_statistics(
             m, eval_splits.train, device, cfg.batch_size) or {})
     trainer = Trainer(  # writes nothing until fit()
@@ -416,21 +416,22 @@ def _finish_unsupervised(cfg: RunConfig, trainer: Trainer, splits: DatasetSplits
     return RunResult(run_dir, cfg, model, splits, metrics)
 
 
-def _has_statistics(model: nn.Module) -> bool:
-    return any(callable(getattr(m, "start_statistics", None)) for m in model.modules())
+def _statistics_parts(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if getattr(m, "needs_statistics", False)]
 
 
 @torch.no_grad()
 def refresh_statistics(model: nn.Module, train_set, device: torch.device, batch_size: int
                        ) -> None:
     """Re-estimate the full-training-set statistics some modules keep (the spectral
-    regulariser's eigenbasis): each module with ``start_statistics()`` /
-    ``end_statistics()`` observes its inputs while the whole model runs, in eval mode, over
-    ``train_set`` (evaluation transforms), then updates its buffers. Before training and
-    after every epoch, so the basis an epoch uses comes from the weights it started with."""
+    regulariser's eigenbasis): each module whose ``needs_statistics`` is true observes its
+    inputs between ``start_statistics()`` and ``end_statistics()`` while the whole model
+    runs, in eval mode, over ``train_set`` (evaluation transforms), then updates its buffers.
+    Before training and after every epoch, so the basis an epoch uses comes from the weights
+    it started with."""
     from torch.utils.data import DataLoader
 
-    parts = [m for m in model.modules() if callable(getattr(m, "start_statistics", None))]
+    parts = _statistics_parts(model)
     if not parts:
         return
     was = model.training
