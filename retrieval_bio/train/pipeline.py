@@ -152,7 +152,14 @@ def load_init(model: TaskModel, init: str | Path) -> None:
     # run draws its own from its seed.
     own = model.backbone.state_dict()
     backbone = {k: v for k, v in backbone.items() if k in own or not _is_feedback_buffer(k)}
-    missing, unexpected = model.backbone.load_state_dict(backbone, strict=False)
+    try:
+        missing, unexpected = model.backbone.load_state_dict(backbone, strict=False)
+    except RuntimeError as e:  # same keys, other shapes: other backbone options
+        reason = str(e).splitlines()[-1].strip().rstrip(".")
+        raise RunFolderError(
+            f"{path} does not fit backbone {model.backbone.name!r} as configured: {reason}. "
+            f"Were the weights trained with other --model-opt values (or image size)? "
+            f"Without --model-opt, finetune --init RUN takes RUN's own") from e
     missing = [k for k in missing if not _is_feedback_buffer(k)]
     if missing or unexpected:
         raise RunFolderError(

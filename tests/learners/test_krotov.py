@@ -218,3 +218,16 @@ def test_ctrl_c_and_resume_give_the_uninterrupted_weights(tmp_path, kind, one_th
         assert bool(res.model.backbone.net.spectral.fitted)
     else:
         assert res.metrics["pruning"] == ref.metrics["pruning"]
+
+
+def test_init_weights_of_another_shape_are_a_clear_error(tmp_path):
+    from retrieval_bio.config import RunConfig
+    from retrieval_bio.runs import RunFolderError
+    from retrieval_bio.train.pipeline import build_model, load_splits
+
+    model = _kh(hidden=6, image_size=8).float()
+    torch.save({"model": model.state_dict()}, tmp_path / "w.pt")
+    cfg = RunConfig(backbone="kh", image_size=8, init=str(tmp_path / "w.pt"),
+                    model_options={"hidden": 5, "grey": True})
+    with pytest.raises(RunFolderError, match=r"size mismatch.*--model-opt"):
+        build_model(cfg, load_splits(cfg))
