@@ -204,20 +204,30 @@ def _zero_note(eps: Sequence[float]) -> str | None:
 
 
 def training_curve_plot(
-    path: str | Path, history: Sequence[Mapping[str, Any]], metric: str | None, title: str
+    path: str | Path, history: Sequence[Mapping[str, Any]], metric: str | None, title: str,
+    left: tuple[str, str] = ("loss", "training loss (epoch mean)"),
 ) -> Path:
     """Training loss (left panel) and the validation ``metric`` (right panel) per epoch,
     the selected (best) epoch marked. ``history``: the trainer's per-epoch entries
-    (``{"epoch", "loss", metric, ...}``)."""
+    (``{"epoch", "loss", metric, ...}``). ``left``: the history key of the left panel (a
+    dotted path reaches into a nested entry, e.g. ``convergence.norm_off_fraction`` for an
+    unsupervised stage with no loss) and its axis label."""
     path = Path(path)
     epochs = [int(h["epoch"]) for h in history]
+
+    def value(entry: Mapping[str, Any]) -> float:
+        v: Any = entry
+        for part in left[0].split("."):
+            v = v.get(part) if isinstance(v, Mapping) else None
+        return float("nan") if v is None else float(v)
+
     fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(9.0 if metric else 5.0, 3.6),
                              dpi=110, squeeze=False)
     try:
         ax = axes[0][0]
-        ax.plot(epochs, [h["loss"] for h in history], marker="o", markersize=3)
+        ax.plot(epochs, [value(h) for h in history], marker="o", markersize=3)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("training loss (epoch mean)")
+        ax.set_ylabel(left[1])
         ax.grid(True, alpha=0.3)
         if metric:
             values = [h.get(metric) for h in history]

@@ -151,6 +151,8 @@ class KrotovHopfield(Learner):
     uses_amp = False
     has_loss = False
     supervised = False
+    #: the training curve's panel: the history key it draws and its label
+    curve = ("convergence.norm_off_fraction", "share of units with |‖W_μ‖_p − R| > 0.01")
 
     def __init__(self, *, k: int = 2, delta: float = 0.4, radius: float = 1.0,
                  precision: float = 1e-30, prune: str = "threshold",

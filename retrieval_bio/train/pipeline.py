@@ -357,7 +357,7 @@ def train_run(
         num_workers=cfg.num_workers, run_dir=run_dir, validate=validate, select_metric=select,
         step_hooks=step_hooks, epoch_hooks=epoch_hooks, progress=progress,
         divergence_factor=cfg.divergence_factor,
-        history_hooks=[_curve_hook(cfg, run_dir, select)],
+        history_hooks=[_curve_hook(cfg, run_dir, select, learner)],
         chance_level=1.0 / splits.num_classes if cfg.task == "classify" else None,
     )
     # after every real parameter update (not one that AMP's scaler skipped): brSF redraws
@@ -484,12 +484,18 @@ def _q(path: Path | str) -> str:
     return shlex.quote(str(path))
 
 
-def _curve_hook(cfg: RunConfig, run_dir: Path, select: str):
+def _curve_hook(cfg: RunConfig, run_dir: Path, select: str | None,
+                learner: learners.Learner):
+    # an unsupervised stage has no loss: its curve is the learner's convergence measure
+    left = (("loss", "training loss (epoch mean)") if learner.has_loss else
+            getattr(learner, "curve", ("loss", "training loss (epoch mean)")))
+
     def hook(state: TrainerState) -> None:
         from ..eval.plots import training_curve_plot
 
         training_curve_plot(run_dir / CURVE, state.history, select,
-                            f"{cfg.stage} {cfg.rule}: {cfg.backbone} on {cfg.dataset}")
+                            f"{cfg.stage} {cfg.rule}: {cfg.backbone} on {cfg.dataset}",
+                            left=left)
 
     return hook
 
