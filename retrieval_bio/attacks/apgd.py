@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..progress import Progress
-from .base import ATTACKS, Attack, class_indices
+from .base import ATTACKS, Attack
 from .square import margin
 
 LOSSES = ("ce", "dlr")
@@ -185,9 +185,7 @@ class APGD(Attack):
         self, images: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator,
         progress: Progress,
     ) -> torch.Tensor:
-        if labels is None:
-            raise ValueError(f"{type(self).__name__} needs labels")
-        return self.run(images, class_indices(labels), generator, progress)[0]
+        return self.run(images, self.class_ids(labels), generator, progress)[0]
 
     def run(
         self, images: torch.Tensor, y: torch.Tensor, generator: torch.Generator,

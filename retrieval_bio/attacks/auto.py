@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ..progress import Progress
 from .apgd import APGD, APGDT
-from .base import ATTACKS, Attack, class_indices
+from .base import ATTACKS, Attack
 from .square import Square
 
 #: The parts, in the order they run (keys of :attr:`AutoAttack.breakdown`).
@@ -101,9 +101,7 @@ class AutoAttack(Attack):
         self, images: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator,
         progress: Progress,
     ) -> torch.Tensor:
-        if labels is None:
-            raise ValueError("AutoAttack needs labels")
-        y = class_indices(labels)
+        y = self.class_ids(labels)
         robust = self.predict(images).argmax(1) == y
         self.breakdown["clean_errors"] += int((~robust).sum())
         adv = images.clone()

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..losses.cross_entropy import class_indices  # noqa: F401  (the attacks' public name)
+from ..losses.cross_entropy import class_indices
 from ..models.frontends import bpda as bpda_mode
 from ..models.frontends import describe_bpda, reseed, resolve_bpda
 from ..progress import Progress, ensure
@@ -265,6 +265,12 @@ class Attack:
         self.n_forward_calls += 1
         return self.model(x)
 
+    def class_ids(self, labels: torch.Tensor | None) -> torch.Tensor:
+        """Class ids ``(N,)`` of one-hot labels ``(N, C)``: what an attack on a classifier
+        needs (``ValueError`` naming the attack when there are none)."""
+        if labels is None:
+            raise ValueError(f"{type(self).__name__} needs labels")
+        return class_indices(labels)
 
 
 def eot_reduce(grads: torch.Tensor, how: str) -> torch.Tensor:

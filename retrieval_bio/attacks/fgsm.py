@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..progress import Progress
-from .base import ATTACKS, Attack, class_indices
+from .base import ATTACKS, Attack
 
 
 @ATTACKS.register("fgsm", help="FGSM (Goodfellow et al. 2015): one gradient step, L∞ or L2")
@@ -41,8 +41,6 @@ class FGSM(Attack):
         self, images: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator,
         progress: Progress,
     ) -> torch.Tensor:
-        if labels is None:
-            raise ValueError("FGSM needs labels")
-        y = class_indices(labels)
+        y = self.class_ids(labels)
         _, g = self.input_grad(images, lambda out, _x: F.cross_entropy(out, y))
         return self.project(images + self.eps * self.ascent_direction(g), images)

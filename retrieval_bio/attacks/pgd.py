@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..progress import Progress
-from .base import ATTACKS, Attack, class_indices, resolve_preset
+from .base import ATTACKS, Attack, resolve_preset
 
 #: Named PGD protocols; ``alpha=None`` means ``alpha_fraction``·ε (default ε/3). ``paper``:
 #: seed 001 (the default); ``pepita``: seed 000 §3.1 (PGD-40, step 0.1, random start; its ε
@@ -83,9 +83,7 @@ class PGD(Attack):
         self, images: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator,
         progress: Progress,
     ) -> torch.Tensor:
-        if labels is None:
-            raise ValueError("PGD needs labels")
-        y = class_indices(labels)
+        y = self.class_ids(labels)
         x_adv = self.random_init(images, generator) if self.random_start else images
         progress.start("PGD", self.steps)
         for _ in range(self.steps):

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..progress import Progress
-from .base import ATTACKS, Attack, class_indices, l2_norms
+from .base import ATTACKS, Attack, l2_norms
 
 # Iteration thresholds (on a 10,000-query scale) at which the square's area fraction p halves.
 _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -127,9 +127,7 @@ class Square(Attack):
         self, images: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator,
         progress: Progress,
     ) -> torch.Tensor:
-        if labels is None:
-            raise ValueError("Square needs labels")
-        return self.run(images, class_indices(labels), generator, progress)[0]
+        return self.run(images, self.class_ids(labels), generator, progress)[0]
 
     def run(
         self, images: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
