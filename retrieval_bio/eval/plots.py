@@ -14,8 +14,9 @@ edge and every positive ε keeps its log spacing.
 
 from __future__ import annotations
 
+import contextlib
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def line_plot(
     path = Path(path)
     styles = styles or {}
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    try:
+    with _closed_on_error(fig):
         xs_all: list[float] = []
         for label, (x, y) in series.items():
             if len(x) != len(y):
@@ -85,9 +86,6 @@ def line_plot(
             ax.set_xticklabels([f"{t:g}" for t in xticks], rotation=0, fontsize=8)
             ax.minorticks_off()
         _finish_axes(fig, ax, xlabel, ylabel, title, ylim, note)
-    except BaseException:
-        plt.close(fig)
-        raise
     return save_figure(fig, path)
 
 
@@ -106,6 +104,17 @@ def _finish_axes(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str,
     if note:
         fig.text(0.01, 0.01, note, fontsize=7, color="0.35", ha="left", va="bottom")
     fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
+
+
+@contextlib.contextmanager
+def _closed_on_error(fig: Any) -> Iterator[None]:
+    """Draw ``fig`` inside the block; if drawing fails the figure is closed (pyplot keeps
+    every open figure alive) and the error goes on."""
+    try:
+        yield
+    except BaseException:
+        plt.close(fig)
+        raise
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
@@ -223,7 +232,7 @@ def training_curve_plot(
 
     fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(9.0 if metric else 5.0, 3.6),
                              dpi=110, squeeze=False)
-    try:
+    with _closed_on_error(fig):
         ax = axes[0][0]
         ax.plot(epochs, [value(h) for h in history], marker="o", markersize=3)
         ax.set_xlabel("epoch")
@@ -244,9 +253,6 @@ def training_curve_plot(
             ax.grid(True, alpha=0.3)
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
-    except BaseException:
-        plt.close(fig)
-        raise
     return save_figure(fig, path)
 
 
@@ -262,7 +268,7 @@ def corruption_plot(path: str | Path, report: Mapping[str, Any]) -> Path:
     labels = names + ["mean"]
     values = np.array([[np.nan if v is None else float(v) for v in r] for r in rows])
     fig, ax = plt.subplots(figsize=(1.1 * len(sev) + 3.4, 0.34 * len(labels) + 1.6), dpi=120)
-    try:
+    with _closed_on_error(fig):
         cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")  # grey: not computed yet
         im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0.0, vmax=1.0,
                        aspect="auto")
@@ -291,9 +297,6 @@ def corruption_plot(path: str | Path, report: Mapping[str, Any]) -> Path:
                      fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02).set_label("accuracy", fontsize=8)
         fig.tight_layout()
-    except BaseException:
-        plt.close(fig)
-        raise
     return save_figure(fig, path)
 
 
@@ -340,7 +343,7 @@ def _layer_plot(
     layers = _layers(runs)
     path = Path(path)
     fig, ax = plt.subplots(figsize=(max(6.4, 0.32 * len(layers) + 2.5), 4.4), dpi=120)
-    try:
+    with _closed_on_error(fig):
         for label, res in runs.items():
             ys = [_finite(value(res[n])) if n in res else float("nan") for n in layers]
             ax.plot(range(len(layers)), ys, marker="o", markersize=4, linewidth=1.6,
@@ -348,9 +351,6 @@ def _layer_plot(
         ax.set_xticks(range(len(layers)))
         ax.set_xticklabels(layers, rotation=60, ha="right", fontsize=7)
         _finish_axes(fig, ax, "layer", ylabel, title, ylim, note, legend=bool(runs))
-    except BaseException:
-        plt.close(fig)
-        raise
     return save_figure(fig, path)
 
 
@@ -422,7 +422,7 @@ def layer_histograms_plot(
     layers = _layers(runs)
     path = Path(path)
     fig, axes = _grid(len(layers), cols)
-    try:
+    with _closed_on_error(fig):
         for ax, layer in zip(axes.flat, layers, strict=False):
             data = {lab: np.asarray([] if res.get(layer) is None else res[layer], dtype=float)
                     for lab, res in runs.items()}
@@ -439,9 +439,6 @@ def layer_histograms_plot(
             axes.flat[0].legend(fontsize=7, loc="best")
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
-    except BaseException:
-        plt.close(fig)
-        raise
     return save_figure(fig, path)
 
 
@@ -473,7 +470,7 @@ def spectrum_plot(
     layers = _layers(runs)
     path = Path(path)
     fig, axes = _grid(len(layers), cols)
-    try:
+    with _closed_on_error(fig):
         for ax, layer in zip(axes.flat, layers, strict=False):
             for lab, res in runs.items():
                 if res.get(layer) is None:
@@ -492,9 +489,6 @@ def spectrum_plot(
         fig.suptitle(title or "Singular values of each conv (FFT, circular padding)",
                      fontsize=10)
         fig.tight_layout()
-    except BaseException:
-        plt.close(fig)
-        raise
     return save_figure(fig, path)
 
 
@@ -557,7 +551,7 @@ def power_law_plot(
     has_noise = any(s.get("noise") is not None for s in spectra.values())
     fig, axes = plt.subplots(1, 2 if has_noise else 1, figsize=(11.5 if has_noise else 6.4,
                                                                  4.6), dpi=110, squeeze=False)
-    try:
+    with _closed_on_error(fig):
         panels = [("data", "fit", "test images")] + (
             [("noise", "noise_fit", "white-noise probe (N(0, 1) pixels)")] if has_noise else [])
         for ax, (key, fit_key, name) in zip(axes[0], panels, strict=True):
@@ -579,9 +573,6 @@ def power_law_plot(
         fig.suptitle(title or "Covariance spectrum and power-law fit (dashed: OLS over its "
                      "window)", fontsize=10)
         fig.tight_layout()
-    except BaseException:
-        plt.close(fig)
-        raise
     return save_figure(fig, path)
 
 
@@ -600,7 +591,7 @@ def jacobian_histogram_plot(
     pooled = np.concatenate(list(data.values())) if data else np.empty(0)
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    try:
+    with _closed_on_error(fig):
         positive = pooled[pooled > 0]
         logx = bool(positive.size and positive.size == pooled.size
                     and positive.max() > 100 * positive.min())
@@ -619,9 +610,6 @@ def jacobian_histogram_plot(
             ax.axvline(med, color=colour, linewidth=1.2)
         _finish_axes(fig, ax, xlabel, "images", title or "Input-Jacobian norm per image",
                      None, None, legend=bool(pooled.size))
-    except BaseException:
-        plt.close(fig)
-        raise
     return save_figure(fig, path)
 
 
@@ -647,7 +635,7 @@ def critical_norm_boxplot(
     attacks = _inner_keys(crit)
     fig, axes = _grid(max(len(attacks), 1), cols=3, size=(max(3.2, 1.1 * len(crit) + 1.4),
                                                          3.6))
-    try:
+    with _closed_on_error(fig):
         for ax, attack in zip(axes.flat, attacks, strict=False):
             boxes, labels = [], []
             for lab, per in crit.items():
@@ -674,9 +662,6 @@ def critical_norm_boxplot(
         fig.suptitle(title or "Critical perturbation norm (first ε of the grid that flips "
                      "each initially correct image)", fontsize=9)
         fig.tight_layout()
-    except BaseException:
-        plt.close(fig)
-        raise
     return save_figure(fig, path)
 
 
@@ -690,7 +675,7 @@ def critical_accuracy_plot(
     attacks = _inner_keys(curves)
     fig, axes = _grid(max(len(attacks), 1), cols=3, size=(3.8, 3.2))
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    try:
+    with _closed_on_error(fig):
         for ax, attack in zip(axes.flat, attacks, strict=False):
             for i, (lab, per) in enumerate(curves.items()):
                 if attack not in per:
@@ -710,9 +695,6 @@ def critical_accuracy_plot(
                 ax.legend(fontsize=6.5, loc="lower left")
         fig.suptitle(title or "Accuracy relative to the clean-correct images", fontsize=9)
         fig.tight_layout()
-    except BaseException:
-        plt.close(fig)
-        raise
     return save_figure(fig, path)
 
 
@@ -725,7 +707,7 @@ def critical_vs_accuracy_plot(
     path = Path(path)
     attacks = [a for a in _inner_keys(points) if a != "accuracy"]
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    try:
+    with _closed_on_error(fig):
         for attack in attacks:
             xs, ys, names = [], [], []
             for lab, per in points.items():
@@ -744,7 +726,4 @@ def critical_vs_accuracy_plot(
         _finish_axes(fig, ax, "test accuracy", "median critical ‖Δx‖₂ ([0, 1] pixels)",
                      title or "Robustness against accuracy", None, None,
                      legend=bool(ax.lines))
-    except BaseException:
-        plt.close(fig)
-        raise
     return save_figure(fig, path)
