@@ -57,6 +57,15 @@ def interleaved(steps: dict, rounds: int, warmup: int, device: torch.device) -> 
     return times
 
 
+def _batch(n: int, size: int, device: torch.device):
+    """A seeded batch of n random (3, size, size) images with 10-class one-hot labels, on
+    ``device``, and the same as a dataset."""
+    torch.manual_seed(0)
+    x = torch.rand(n, 3, size, size, device=device)
+    y = torch.nn.functional.one_hot(torch.randint(0, 10, (n,)), 10).float().to(device)
+    return x, y, TensorSplit(x.cpu(), y.cpu())
+
+
 def _trainer(model, loss, data, lr, learner=None, sgd=True):
     groups = [{"params": list(model.parameters()), "lr": lr}]
     opt = torch.optim.SGD(groups, lr=lr, momentum=0.9) if sgd else None
@@ -65,10 +74,7 @@ def _trainer(model, loss, data, lr, learner=None, sgd=True):
 
 
 def pepita_vs_bp(rounds: int, warmup: int, device: torch.device) -> None:
-    torch.manual_seed(0)
-    x = torch.rand(64, 3, 28, 28, device=device)
-    y = torch.nn.functional.one_hot(torch.randint(0, 10, (64,)), 10).float().to(device)
-    data = TensorSplit(x.cpu(), y.cpu())
+    x, y, data = _batch(64, 28, device)
     loss = create_loss("mse-softmax", num_classes=10)
     base = create_model("mlp", "classify", num_classes=10, image_size=28, grey=True).to(device)
     pep = _trainer(copy.deepcopy(base).train(), loss, data, 0.01, Pepita(seed=0))
@@ -82,10 +88,7 @@ def pepita_vs_bp(rounds: int, warmup: int, device: torch.device) -> None:
 
 
 def trainer_overhead(rounds: int, warmup: int, device: torch.device) -> None:
-    torch.manual_seed(0)
-    x = torch.rand(32, 3, 64, 64, device=device)
-    y = torch.nn.functional.one_hot(torch.randint(0, 10, (32,)), 10).float().to(device)
-    data = TensorSplit(x.cpu(), y.cpu())
+    x, y, data = _batch(32, 64, device)
     loss = create_loss("cross-entropy", num_classes=10)
     base = create_model("resnet18", "classify", num_classes=10).to(device)
     for rule in ("bp", "frsf"):
