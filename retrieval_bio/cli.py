@@ -245,12 +245,18 @@ RUN_OPTIONS: list[tuple[str, Any, Any, tuple[str, ...]]] = [
      ANY),
     ("betas", str | None, _opt("--betas", help="Adam betas, e.g. 0.9,0.999."),
      ANY),
-    ("num_workers", int | None, _opt("--num-workers", help="Data-loading worker processes."),
-     ANY),
+    ("num_workers", int | None, _opt("--num-workers", help="Data-loading worker processes "
+                                     "(default: 0 for in-memory data, else the CPUs per "
+                                     "process, at most 8)."), ANY),
     ("seed", int | None, _opt("--seed", help="Seed of every random choice of the run."),
      ANY),
     ("device", str | None, _opt("--device", help="auto (cuda, mps, cpu) | cpu | cuda | cuda:N "
                                 "| mps."), ANY),
+    ("eval_device", str | None, _opt("--eval-device", help="Device of the test encoding "
+                                     "(default: --device)."), ANY),
+    ("data_cache", str | None, _opt("--data-cache", help="Folder of a decoded uint8 image "
+                                    "cache, built on first use and checked against the "
+                                    "source lists (default: off)."), ANY),
     ("amp", bool | None, _opt("--amp/--no-amp", help="float16 autocast on CUDA."),
      ANY),
     ("skip_bad", bool | None, _opt("--skip-bad/--no-skip-bad", help="Skip (and count) "
@@ -941,10 +947,57 @@ def compare(
 
 @app.command()
 def report(
-    run: Path = typer.Argument(..., help="Run folder."),
+    runs: list[Path] = typer.Argument(..., help="Run folders, or folders holding them (a "
+                                      "sweep's root: searched for config.yaml)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Folder for the tables and figures (clean.md/.csv, "
+        "robust.md/.csv, robust-*.png, report.json). Needed for several runs; without it "
+        "one run folder is shown in the terminal."),
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the robustness figures."),
 ) -> None:
-    """Show what a run folder holds: its config, test metrics (and the weights they came
-    from) and every attack report, each with the file it was read from."""
+    """With one run folder: show what it holds (config, test metrics and the weights they
+    came from, every attack report). With --out: rebuild seed 001's tables from the runs
+    (test accuracy / mAP@k per backbone × dataset × rule; robust accuracy / mAP per attack,
+    gradient source and ε) and its robustness figures, as Markdown, CSV and PNG, with mean ±
+    std (ddof=1) over the seeds of each configuration."""
+    if out is None:
+        # one path that is a folder but not a run: a sweep's root, whose runs need --out
+        if len(runs) > 1 or (runs[0].is_dir() and not (runs[0] / "config.yaml").is_file()):
+            what = f"{len(runs)} paths" if len(runs) > 1 else f"{runs[0]} (not a run folder)"
+            _fail(f"{what}: the tables of several runs need a folder to be written to; add "
+                  f"--out DIR (e.g. --out report), or give one run folder to show it here")
+        _report_one(runs[0])
+        return
+    _report_tables(runs, out, plot)
+
+
+def _report_tables(runs: list[Path], out: Path, plot: bool) -> None:
+    """``report RUNS... --out DIR``: write the tables and print the clean ones."""
+    from .eval.tables import build_report
+    from .eval.tables_io import clean_table
+    from .ui import print_table
+
+    with _guard():
+        result = build_report(runs, out, plot=plot)
+    titles = {"classify": "test accuracy", "hash": "test mAP@k"}
+    for task in dict.fromkeys(r["task"] for r in result["clean"]):
+        header, rows = clean_table(result["clean"], task)
+        print_table(f"{titles.get(task, task)} (mean ± std over seeds, ddof=1)", header, rows)
+    _say(f"{len(result['runs'])} run(s) in {len(result['clean'])} configuration(s); "
+         f"{len(result['robust'])} robust row(s)", err=False)
+    for s in result["skipped"]:
+        _say(f"skipped: {s['run']}: {s['reason']}")
+    for n in result["notes"]:
+        _say(f"note: {n}", err=False)
+    for w in result["warnings"]:
+        _say(f"warning: {w}")
+    for f in result["files"]:
+        _say(f"written: {out / f}", err=False)
+
+
+def _report_one(run: Path) -> None:
+    """``report RUN``: what a run folder holds: its config, test metrics (and the weights
+    they came from) and every attack report, each with the file it was read from."""
     from .eval.compare import load_reports
     from .runs import CONFIG, METRICS, read_json
     from .ui import print_table
@@ -1097,6 +1150,95 @@ def tradeoff_cmd(
     if result["errors"]:
         _say(f"{len(result['errors'])} cell(s) failed (listed above and in tradeoff.json); "
              f"fix the cause and run the same command again: finished cells are skipped")
+        raise typer.Exit(1)
+
+
+@app.command("sweep")
+def sweep_cmd(
+    grid: Path = typer.Argument(..., help="Grid YAML: base config, grid (lists of RunConfig "
+                                "values), attacks, out, executor, slurm (docs/sweeps.md)."),
+    executor: str | None = typer.Option(
+        None, "--executor", help="local: the cells one after another in this process (the "
+        "default) | slurm: one job array through submitit (pip install "
+        "'retrieval-bio[slurm]'). Default: the grid's executor."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and the state of "
+                                 "their folders (finished, partial, failed...); run nothing."),
+    only: str | None = typer.Option(
+        None, "--only", help="Only the cells whose folder name matches one of these "
+        "comma-separated glob patterns, e.g. 'resnet18-*' or '*-frsf-s0,*-bp-s0'."),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | "
+                                      "mps for every cell (default: each cell's config)."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="slurm: wait for the jobs and "
+                              "print the summary, or return once they are submitted."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each cell does."),
+) -> None:
+    """Run a grid of runs (backbone x dataset x rule x seed ...): trains every cell into
+    OUT/<cell>/ and runs the grid's attacks on it. A re-run skips finished cells (complete
+    metrics.json and attack reports), resumes interrupted ones and retries failed ones. A
+    failed cell is recorded (OUT/<cell>/error.txt, OUT/sweep.json) and the others go on;
+    the exit code is 1 when a cell failed."""
+    from .sweeps import FAILED, FINISHED, SUBMITTED, load_grid, run_sweep, sweep_status
+    from .ui import RichProgress, print_table
+
+    _setup_logging(verbose)
+    with _guard():
+        spec = load_grid(grid)
+        for cell in spec.cells:
+            try:
+                _check_data_options(cell.config)
+            except ConfigError as e:
+                raise ConfigError(f"{grid}: cell {cell.name}: "
+                                  f"{str(e).replace('--data-opt ', 'dataset_options: ')}"
+                                  ) from None
+        if dry_run:
+            rows = sweep_status(spec, only)
+    attacks = ", ".join(a.label for a in spec.attacks) or "no attacks"
+    if dry_run:
+        print_table(f"sweep {grid}: {len(rows)} cells, {attacks}", ["cell", "state", "detail"],
+                    [(r["cell"], r["state"], r["detail"]) for r in rows])
+        done = sum(r["state"] == FINISHED for r in rows)
+        _say(f"{done} of {len(rows)} cells finished; run folders {spec.out}/<cell>, status "
+             f"{spec.out / 'sweep.json'}", err=False)
+        return
+
+    def show(record: dict[str, Any]) -> None:
+        head = f"[{record['index'] + 1}/{record['total']}] {record['cell']}"
+        if record["status"] == "pending":
+            _say(f"{head}: starting ({record['run_dir']})")
+        elif record["status"] == SUBMITTED:
+            _say(f"{head}: submitted as job {record['job_id']}")
+        elif record["status"] == FAILED:
+            _say(f"{head}: failed: {(record['error'] or '').splitlines()[0]}")
+        else:
+            _say(f"{head}: {record['status']}")
+
+    def interrupted() -> str:
+        return (f"{spec.out / 'sweep.json'} lists what finished; the interrupted cell keeps "
+                f"its checkpoint (submitted jobs keep running). Run the same command again to "
+                f"continue: finished cells are skipped, interrupted ones resume")
+
+    with _guard(interrupted):
+        result = run_sweep(spec, executor=executor, only=only, device=device,
+                           progress=RichProgress(), on_cell=show, wait=wait)
+    rows = []
+    ran = [r for r in result["cells"] if r["cell"] in set(result["selected"])]
+    for r in ran:
+        shown = ", ".join(f"{a['attack']} {a['status']}" for a in r["attacks"])
+        error = (r["error"] or "").splitlines()[0] if r["error"] else ""
+        rows.append((r["cell"], r["status"], r["train"] or "", shown,
+                     "" if r.get("time_s") is None else f"{r['time_s']:.1f} s",
+                     error[:100] + ("…" if len(error) > 100 else "")))
+    print_table(f"sweep {grid}", ["cell", "status", "training", "attacks", "time", "error"],
+                rows)
+    counts: dict[str, int] = {}
+    for r in ran:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    _say(f"{', '.join(f'{n} {status}' for status, n in counts.items())}; written: "
+         f"{result['path']}", err=False)
+    failed = counts.get(FAILED, 0)
+    if failed:
+        _say(f"{failed} cell(s) failed (tracebacks in {spec.out}/<cell>/error.txt); fix the "
+             f"cause and run the same command again: finished cells are skipped")
         raise typer.Exit(1)
 
 

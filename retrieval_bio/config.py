@@ -47,7 +47,14 @@ SCALES = ("norm", "none", "init")
 DEVICES = ("auto", "cpu", "cuda", "mps")  # and "cuda:N" for the N-th GPU
 #: Keys a resumed run may change: they alter neither the math nor the data order of the
 #: steps already taken (``skip_bad`` drops unreadable items; see docs/runs.md).
-RESUME_SAFE = ("epochs", "skip_bad", "num_workers", "device", "out")
+RESUME_SAFE = ("epochs", "skip_bad", "num_workers", "device", "eval_device", "data_cache",
+               "out")
+
+
+#: Keys newer than some run folders that do not change what a run trained (where it
+#: evaluates, where decoded images are cached): a ``config.yaml`` without them takes their
+#: defaults.
+ADDED_LATER = ("eval_device", "data_cache")
 
 
 @dataclass
@@ -110,14 +117,16 @@ class RunConfig:
     select: str = "natural"  # the validation metric picking the epoch kept
     epochs: int = 20
     batch_size: int = 32
-    num_workers: int = 0
+    num_workers: int | None = None  # None: auto (0 for in-memory data, else per-rank CPUs)
     seed: int = 0
     device: str = "auto"
+    eval_device: str | None = None  # encoding / test / attacks (None: ``device``)
     amp: bool = True
     skip_bad: bool = False  # skip (and count) unreadable images and bad list lines
     index: str = "flat"  # FAISS index kind of database.index (see retrieval_bio.index)
     divergence_factor: float = 100.0  # stop when the loss exceeds this x its start; 0: off
     out: str = "runs/latest"
+    data_cache: str | None = None  # folder of the decoded uint8 image cache (None: off)
     dataset_options: dict[str, Any] = field(default_factory=dict)  # loader kwargs: lists=, ...
 
     def __post_init__(self) -> None:
@@ -133,8 +142,10 @@ class RunConfig:
         _choice("stage", self.stage, STAGES)
         _choice("task", self.task, TASKS)
         _choice("scale", self.scale, SCALES)
-        if not re.fullmatch(r"cuda:\d+", self.device):
-            _choice("device", self.device, DEVICES + ("cuda:N",))
+        for key in ("device", "eval_device"):
+            value = getattr(self, key)
+            if value is not None and not re.fullmatch(r"cuda:\d+", value):
+                _choice(key, value, DEVICES + ("cuda:N",))
         from .index import INDEX_KINDS  # late: keep `import config` light
         from .learners import MIXES, TRAINING_ATTACKS, rule_names
         from .losses import LOSSES
@@ -202,7 +213,7 @@ class RunConfig:
                 f"FAISS), got {self.bits}")
         if not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"betas must lie in [0, 1), got {self.betas}")
-        if self.num_workers < 0:
+        if self.num_workers is not None and self.num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
@@ -261,7 +272,7 @@ class RunConfig:
         file lacking keys (emptied or truncated) is refused rather than filled with
         defaults that would describe another run."""
         cfg, keys = cls.load_keys(path)
-        lacking = [f.name for f in fields(cls) if f.name not in keys]
+        lacking = [f.name for f in fields(cls) if f.name not in keys and f.name not in ADDED_LATER]
         if lacking:
             raise ConfigError(
                 f"{path} lacks {', '.join(lacking[:6])}{' ...' if len(lacking) > 6 else ''}: "

@@ -50,7 +50,7 @@ DEFAULT_LR_KEYS = ("lr_backbone", "lr_head")
 CELL_KEYS = ("rule", "seed", "out")
 #: config keys that may differ between a finished run and its cell (they change neither
 #: the math nor the data of the run)
-IGNORED_KEYS = ("device", "num_workers", "skip_bad", "out")
+IGNORED_KEYS = ("device", "eval_device", "num_workers", "data_cache", "skip_bad", "out")
 #: the attack's seed and the query subsample's: the same for every cell, so that every
 #: cell is attacked on the same images
 ATTACK_SEED = 0

@@ -62,6 +62,8 @@ class TensorSplit(Dataset):
     (bilinear, antialiased), so one tensor serves several input sizes.
     """
 
+    in_memory = True  # items are tensor views: DataLoader workers would only add overhead
+
     def __init__(
         self, images: torch.Tensor, labels: torch.Tensor, image_size: int | None = None
     ) -> None:

@@ -150,7 +150,8 @@ def classification_parts(
 def load_cifar10(
     root: str | None, *, protocol: str | None = None, seed: int = 0, image_size: int = 32,
     augment: bool = False, skip_bad: bool = False, counts: Mapping[str, int] | None = None,
-    val_fraction: float = 0.1, problems: ProblemLog | None = None, **_: object,
+    val_fraction: float = 0.1, problems: ProblemLog | None = None,
+    cache_dir: str | None = None, **_: object,
 ) -> DatasetSplits:
     """CIFAR-10 from ``root`` split per ``protocol`` (default ``cifar10``, seed 001's).
 
@@ -161,6 +162,8 @@ def load_cifar10(
         val_fraction: validation carve-out of protocol ``classification``.
         skip_bad: skip (and count, in ``info["skipped"]``) unreadable images of a class-folder
             source instead of failing.
+        cache_dir: decoded-image cache folder for a class-folder source (``cache.py``); the
+            pickles are decoded arrays already and ignore it.
     """
     protocol = protocol or "cifar10"
     if protocol not in (*HASH_PROTOCOLS, "classification"):
@@ -220,8 +223,8 @@ def load_cifar10(
              if protocol == "classification"
              else _hash_parts(targets, protocol, counts, seed, names))
     return from_files(paths, one_hot(targets, 10), parts, image_size=image_size, augment=augment,
-                      class_names=names, info={**info, "source": str(root_p), "skipped": skipped},
-                      **meta)
+                      cache_dir=cache_dir, class_names=names,
+                      info={**info, "source": str(root_p), "skipped": skipped}, **meta)
 
 
 @DATASETS.register("cifar100", help="CIFAR-100 (torchvision pickles, fine labels); classification")

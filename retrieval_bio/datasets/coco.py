@@ -98,7 +98,8 @@ def load_coco(
     root: str | None, *, protocol: str | None = None, seed: int = 0, image_size: int = 32,
     annotations: str | Sequence[str] | None = None, images: str | None = None,
     lists: str | None = None, augment: bool = False, skip_bad: bool = False,
-    counts: Mapping[str, int] | None = None, problems: ProblemLog | None = None, **_: object,
+    counts: Mapping[str, int] | None = None, problems: ProblemLog | None = None,
+    cache_dir: str | None = None, **_: object,
 ) -> DatasetSplits:
     """MS-COCO split per ``protocol`` (``seed001`` from annotations, or ``lists``).
 
@@ -108,6 +109,7 @@ def load_coco(
         lists: list-file folder, implies protocol ``lists``.
         counts: overrides of seed 001's train / query / validation sizes.
         skip_bad: skip and count missing or unreadable images (``info["skipped"]``).
+        cache_dir: folder of the decoded-image cache (``cache.py``); ``None``: decode on access.
     """
     if root is None:
         raise DatasetError("coco needs root=\nExpected layout:\n" + LAYOUT)
@@ -118,7 +120,7 @@ def load_coco(
         return load_list_splits("coco", root, lists=lists, seed=seed, image_size=image_size,
                                 augment=augment, skip_bad=skip_bad, num_classes=80,
                                 default_k=5000, counts=counts, multi_label=True,
-                                problems=problems)
+                                problems=problems, cache_dir=cache_dir)
     if protocol != "seed001":
         raise DatasetError(f"coco protocols: 'seed001', 'lists'; got {protocol!r}")
     if annotations is None:
@@ -140,7 +142,8 @@ def load_coco(
     parts["database"] = shuffled(parts.pop("rest"), seed)
     return from_files(
         paths, torch.from_numpy(labels.astype(np.float32)), parts, image_size=image_size,
-        augment=augment, name="coco", num_classes=labels.shape[1], multi_label=True,
+        augment=augment, cache_dir=cache_dir, name="coco", num_classes=labels.shape[1],
+        multi_label=True,
         default_k=5000, class_names=names,
         info={"protocol": protocol, "seed": seed, "source": [str(a) for a in anns],
               "skipped": problems.count - before},

@@ -27,6 +27,14 @@ class DatasetError(ValueError):
     A ``ValueError`` so that callers handling bad input generically (the CLI) report it.
     """
 
+    def __init__(self, message: object = "", *args: object) -> None:
+        text = str(message)
+        # Raised in a DataLoader worker, the loader re-raises it with the worker's traceback
+        # glued in front; the user needs the message (which names the file), not that.
+        if text.startswith(f"Caught {type(self).__name__} in DataLoader worker"):
+            text = text.rsplit(f"{type(self).__name__}: ", 1)[-1].rstrip()
+        super().__init__(text, *args)
+
 
 def missing(path: str | Path, what: str, layout: str) -> DatasetError:
     """The error for a missing file or folder: names it and shows the expected layout."""

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .base import SPLIT_NAMES, DatasetSplits, per_class_split
+from .cache import CachedSplit, ImageCache, open_image_cache
 from .cifar import classification_parts
 from .errors import DatasetError, ProblemLog, missing
 from .folder import IMAGE_SUFFIXES
@@ -48,7 +49,7 @@ from .listfile import LAYOUT as LIST_LAYOUT
 from .listfile import load_imagenet100 as load_imagenet100_lists
 from .registry import DATASETS
 from .splits import merge_counts, shuffled
-from .transforms import make_transform
+from .transforms import SplitTransform, make_transform
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ class ClassFileSplit(Dataset):
         transform: PIL image -> ``(3, H, W)`` float32 in [0, 1] (``make_transform``).
     """
 
+    in_memory = False  # every access decodes a file: worth DataLoader worker processes
+
     def __init__(
         self, paths: Sequence[str], targets: np.ndarray, num_classes: int, transform: Transform
     ) -> None:
@@ -107,17 +110,56 @@ class ClassFileSplit(Dataset):
         return self.transform(open_rgb(self.paths[i])), label, int(i)
 
 
+class CachedClassSplit(CachedSplit):
+    """:class:`ClassFileSplit`'s items read from the decoded-image cache (``cache.py``).
+
+    Args:
+        cache: the pool's decoded images; ``rows``: this split's N rows of it.
+        targets: int64 class ids ``(N,)`` in [0, C); ``num_classes``: C.
+        transform: the split's ``make_transform``; ``paths``: the N source files.
+    """
+
+    def __init__(
+        self, cache: ImageCache, rows: np.ndarray, targets: np.ndarray, num_classes: int,
+        transform: SplitTransform, paths: Sequence[str],
+    ) -> None:
+        # no (N, C) label matrix: that is what this class avoids
+        self._attach(cache, rows, transform, paths)
+        self.targets = torch.as_tensor(np.asarray(targets, dtype=np.int64))
+        self.num_classes = num_classes
+
+    @property
+    def labels(self) -> torch.Tensor:  # type: ignore[override]
+        """float32 one-hot ``(N, C)`` of the whole split (materialised on each call)."""
+        return F.one_hot(self.targets, self.num_classes).float()
+
+    def label(self, i: int) -> torch.Tensor:
+        return F.one_hot(self.targets[i], self.num_classes).float()
+
+
 def class_file_splits(
     paths: Sequence[str], targets: np.ndarray, parts: Mapping[str, np.ndarray], *,
-    num_classes: int, image_size: int, augment: bool, **meta: object,
+    num_classes: int, image_size: int, augment: bool, cache_dir: str | None = None,
+    **meta: object,
 ) -> DatasetSplits:
     """:class:`DatasetSplits` of :class:`ClassFileSplit` over a pool of files (cf.
-    ``assemble.from_files``); ``parts`` maps each split to indices into the pool."""
-    splits = {}
+    ``assemble.from_files``); ``parts`` maps each split to indices into the pool.
+    ``cache_dir``: read :class:`CachedClassSplit` from the decoded-image cache instead."""
+    tfs = {s: make_transform(image_size, train=(s == "train"), augment=augment)
+           for s in SPLIT_NAMES}
+    cache, rows = None, None
+    if cache_dir is not None:
+        cache, rows = open_image_cache(cache_dir, str(meta.get("name", "imagenet")), paths,
+                                       tfs["train"])
+    splits: dict[str, Dataset] = {}
     for s in SPLIT_NAMES:
         idx = np.asarray(parts[s], dtype=np.int64)
-        tf = make_transform(image_size, train=(s == "train"), augment=augment)
-        splits[s] = ClassFileSplit([paths[i] for i in idx], targets[idx], num_classes, tf)
+        split_paths = [paths[i] for i in idx]
+        if cache is not None and rows is not None:
+            splits[s] = CachedClassSplit(cache, rows[idx], targets[idx], num_classes, tfs[s],
+                                         split_paths)
+        else:
+            splits[s] = ClassFileSplit(split_paths, targets[idx], num_classes, tfs[s])
     return DatasetSplits(**splits, num_classes=num_classes, **meta)  # type: ignore[arg-type]
 
 
@@ -221,7 +263,7 @@ def load_imagenet100_tree(
     root: str | None, *, protocol: str | None = None, seed: int = 0, image_size: int = 224,
     augment: bool = False, skip_bad: bool = False, counts: Mapping[str, int] | None = None,
     classes: str | Sequence[str] | None = None, num_classes: int = 100,
-    problems: ProblemLog | None = None, **_: object,
+    problems: ProblemLog | None = None, cache_dir: str | None = None, **_: object,
 ) -> DatasetSplits:
     """ImageNet-100 from the ImageNet folder tree, protocol ``seed001`` (module docstring).
 
@@ -230,6 +272,7 @@ def load_imagenet100_tree(
         classes: class-list file or wnids (label order); default the first ``num_classes``
             sorted synsets of ROOT/train.
         skip_bad: decode every image once, skip and count the unreadable ones.
+        cache_dir: folder of the decoded-image cache (``cache.py``); ``None``: decode on access.
     """
     protocol = protocol or "seed001"
     if protocol != "seed001":
@@ -258,8 +301,8 @@ def load_imagenet100_tree(
     parts = _imagenet100_tree_parts(tr_t, va_t, len(tr_paths), per_class, seed, wnids)
     return class_file_splits(
         tr_paths + va_paths, np.concatenate([tr_t, va_t]), parts, num_classes=len(wnids),
-        image_size=image_size, augment=augment, name="imagenet100", multi_label=False,
-        default_k=1000, class_names=list(wnids),
+        image_size=image_size, augment=augment, cache_dir=cache_dir, name="imagenet100",
+        multi_label=False, default_k=1000, class_names=list(wnids),
         info={"protocol": protocol, "seed": seed, "source": str(root_p), "layout": "tree",
               "skipped": problems.count - before},
     )
@@ -295,13 +338,14 @@ def load_imagenet100(
 def load_imagenet(
     root: str | None, *, protocol: str | None = None, seed: int = 0, image_size: int = 224,
     augment: bool = False, skip_bad: bool = False, val_fraction: float = 0.1,
-    problems: ProblemLog | None = None, **_: object,
+    problems: ProblemLog | None = None, cache_dir: str | None = None, **_: object,
 ) -> DatasetSplits:
     """ImageNet classification from ROOT/train/<wnid>, ROOT/val/<wnid> (module docstring).
 
     Args:
         val_fraction: per-class share of the train images carved out as validation.
         skip_bad: decode every image once, skip and count the unreadable ones.
+        cache_dir: folder of the decoded-image cache (``cache.py``); ``None``: decode on access.
     """
     if protocol not in (None, "classification"):
         raise DatasetError(f"imagenet has one protocol, 'classification'; got {protocol!r}")
@@ -325,7 +369,7 @@ def load_imagenet(
     parts = classification_parts(targets, len(tr_paths), val_fraction, seed)
     return class_file_splits(
         tr_paths + va_paths, targets, parts, num_classes=len(wnids), image_size=image_size,
-        augment=augment, name="imagenet", multi_label=False,
+        augment=augment, cache_dir=cache_dir, name="imagenet", multi_label=False,
         default_k=0, class_names=wnids,
         info={"protocol": "classification", "seed": seed, "source": str(root_p),
               "skipped": problems.count - before},

@@ -72,6 +72,8 @@ class ImageFileSplit(Dataset):
             cannot be read (a file that broke after loading, e.g. during the final encode).
     """
 
+    in_memory = False  # every access decodes a file: worth DataLoader worker processes
+
     def __init__(
         self, paths: Sequence[str], labels: torch.Tensor, transform: Transform,
         origins: Sequence[tuple[str, int | None]] | None = None,
@@ -108,6 +110,8 @@ class ArraySplit(Dataset):
         indices: the N items of ``images`` forming this split, in split order.
         transform: PIL image -> ``(3, H', W')`` float32 in [0, 1].
     """
+
+    in_memory = True  # decoded already: no file access, cheap in the main process
 
     def __init__(
         self, images: np.ndarray, labels: torch.Tensor, indices: np.ndarray, transform: Transform

@@ -178,6 +178,7 @@ def load_list_splits(
     seed: int = 0, image_size: int = 32, augment: bool = False, skip_bad: bool = False,
     num_classes: int | None = None, default_k: int = 0, counts: Mapping[str, int] | None = None,
     multi_label: bool | None = None, problems: ProblemLog | None = None,
+    cache_dir: str | None = None,
 ) -> DatasetSplits:
     """Splits of a list-file dataset; see the module docstring for ``protocol``.
 
@@ -188,6 +189,7 @@ def load_list_splits(
         counts: overrides of the protocol's validation (and for ``imagenet100`` ``seed001``
             query) sizes.
         skip_bad: skip and count bad lines and unreadable images (``info["skipped"]``).
+        cache_dir: folder of the decoded-image cache (``cache.py``); ``None``: decode on access.
     """
     if root is None:
         raise DatasetError(f"{name} needs root=\nExpected layout:\n{LAYOUT}")
@@ -243,8 +245,8 @@ def load_list_splits(
         multi_label = bool((all_labels.sum(1) > 1).any())
     return from_files(
         all_paths, torch.from_numpy(all_labels.astype(np.float32)), idx, image_size=image_size,
-        augment=augment, origins=all_origins, name=name, num_classes=c, multi_label=multi_label,
-        default_k=default_k,
+        augment=augment, origins=all_origins, cache_dir=cache_dir, name=name, num_classes=c,
+        multi_label=multi_label, default_k=default_k,
         info={"protocol": protocol.replace("-test", ""), "seed": seed, "source": str(list_dir),
               "skipped": problems.count - before},
     )

@@ -5,40 +5,70 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from .. import distributed
+from ..loading import loader_options
 from ..progress import Progress, ensure
 
 
 @torch.no_grad()
 def encode(
     model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
-    device: torch.device | str = "cpu", num_workers: int = 0,
-    progress: Progress | None = None, description: str = "encoding",
+    device: torch.device | str = "cpu", num_workers: int | None = None,
+    progress: Progress | None = None, description: str = "encoding", amp: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Model outputs for every item of ``dataset``, in dataset order.
+
+    Under data parallelism (:mod:`retrieval_bio.distributed`) each rank encodes a contiguous
+    share of the items and every rank receives all of them, gathered in dataset order.
+
+    Args:
+        num_workers: loader processes (``None``: :func:`retrieval_bio.loading.default_workers`).
+        amp: on CUDA, float16 autocast and channels_last inputs and weights (the model's 4-D
+            weights are converted in place; their values are unchanged). Ignored elsewhere.
 
     Returns:
         ``outputs`` float32 ``(N, D)`` (logits, or the continuous hash output h whose sign
         is the code), ``labels`` float32 ``(N, C)`` multi-hot, ``ids`` int64 ``(N,)``.
     """
+    device = torch.device(device)
+    fast = amp and device.type == "cuda"
     was_training = model.training
     model.eval()
+    if fast:
+        model.to(memory_format=torch.channels_last)
     progress = ensure(progress)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    part = dataset
+    if distributed.world_size() > 1:
+        part = Subset(dataset, distributed.shard_range(len(dataset)))  # type: ignore[arg-type]
+    loader = DataLoader(part, batch_size=batch_size, shuffle=False,
+                        **loader_options(dataset, num_workers, device))
     outs, labels, ids = [], [], []
     progress.start(description, len(loader))
     try:
         for x, y, i in loader:
-            outs.append(model(x.to(device)).float().cpu())
+            x = x.to(device, non_blocking=True)
+            if fast:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=fast):
+                outs.append(model(x).float().cpu())
             labels.append(y)
             ids.append(torch.as_tensor(i))
             progress.advance(1)
     finally:
         progress.stop()
         model.train(was_training)
-    return (torch.cat(outs).numpy(), torch.cat(labels).float().numpy(),
-            torch.cat(ids).long().numpy())
+    if not ids:  # this rank's share is empty (fewer items than ranks)
+        out = (np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32),
+               np.zeros(0, np.int64))
+    else:
+        out = (torch.cat(outs).numpy(), torch.cat(labels).float().numpy(),
+               torch.cat(ids).long().numpy())
+    if distributed.world_size() == 1:
+        return out
+    shares = [s for s in distributed.gather_objects(out) if len(s[2])]  # rank order
+    return tuple(np.concatenate([s[j] for s in shares]) for j in range(3))  # type: ignore
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -39,7 +39,7 @@ def line_plot(
     logx: bool = False, *, styles: Mapping[str, Mapping[str, Any]] | None = None,
     hlines: Mapping[str, tuple[float, Mapping[str, Any]]] | None = None,
     xticks: Sequence[float] | None = None, ylim: tuple[float, float] | None = None,
-    note: str | None = None,
+    note: str | None = None, bands: Mapping[str, Sequence[float | None]] | None = None,
 ) -> Path:
     """Write a PNG of one or more curves.
 
@@ -53,12 +53,15 @@ def line_plot(
         xticks: tick positions on x (labelled with ``%g``); default: matplotlib's.
         ylim: y range; default: matplotlib's.
         note: small text under the axes (e.g. what was left out).
+        bands: legend label -> half-width per point (e.g. the std over seeds), drawn as a
+            shaded band y ± width in the line's colour; ``None`` at a point: no band there.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
     path = Path(path)
     styles = styles or {}
+    bands = bands or {}
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     with _closed_on_error(fig):
         xs_all: list[float] = []
@@ -69,7 +72,12 @@ def line_plot(
             kw = {"marker": "o", "markersize": 4, "linewidth": 1.6, **styles.get(label, {})}
             # a cell an interrupted sweep has not computed yet is None: a gap in the line
             ys = [float("nan") if v is None else v for v in y]
-            ax.plot(list(x), ys, label=label, **kw)
+            (line,) = ax.plot(list(x), ys, label=label, **kw)
+            if label in bands:
+                half = [float("nan") if b is None else b for b in bands[label]]
+                ax.fill_between(list(x), [v - b for v, b in zip(ys, half, strict=True)],
+                                [v + b for v, b in zip(ys, half, strict=True)],
+                                color=line.get_color(), alpha=0.18, linewidth=0)
         for label, (level, kw) in (hlines or {}).items():
             ax.axhline(level, label=label, **{"linestyle": ":", "linewidth": 1.2, **kw})
         if logx:

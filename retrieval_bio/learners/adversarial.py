@@ -60,6 +60,7 @@ class AdversarialTraining(Learner):
         self.eps, self.steps, self.alpha = float(eps), int(steps), alpha
         self.random_start, self.mix, self.seed = bool(random_start), mix, int(seed)
         self.uses_amp, self.has_loss = inner.uses_amp, inner.has_loss
+        self.syncs_gradients = inner.syncs_gradients
 
     def check_model(self, model: nn.Module) -> None:  # type: ignore[override]
         from ..config import ConfigError

@@ -70,12 +70,16 @@ class Learner(nn.Module):
             (an unsupervised stage such as Krotov–Hopfield's, whose head is trained later)
             keeps the last epoch, skips validation and the test evaluation, and records
             :meth:`finish`'s metrics instead.
+        syncs_gradients: under data parallelism the step itself makes ``.grad`` equal on
+            every rank (Krotov–Hopfield sums its raw update over ranks before normalising
+            it); ``False``: the trainer averages ``.grad`` over ranks after the step.
     """
 
     name = "learner"
     uses_amp = True
     has_loss = True
     supervised = True
+    syncs_gradients = False
 
     @classmethod
     def check_model(cls, model: nn.Module) -> None:

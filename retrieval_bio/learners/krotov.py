@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .. import distributed
 from .base import LEARNERS, Learner, StepContext
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ class KrotovHopfield(Learner):
     uses_amp = False
     has_loss = False
     supervised = False
+    syncs_gradients = True
     #: the training curve's panel: the history key it draws and its label
     curve = ("convergence.norm_off_fraction", "share of units with |‖W_μ‖_p − R| > 0.01")
 
@@ -210,6 +212,9 @@ class KrotovHopfield(Learner):
             v = layer.inputs(model.backbone.normalize(images))
             ds = krotov_increment(w, v, p=layer.currents.p, k=self.k, delta=self.delta,
                                   radius=self.radius)
+            # ΔW sums over the batch: summed over ranks it is the whole batch's, and only
+            # then may it be max-normalised
+            distributed.all_reduce_sum(ds)
             w.grad = -ds / ds.abs().max().clamp_min(self.precision)
         return None
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import distributed
 from .codetable import hyp2_threshold
 from .registry import LOSSES
 
@@ -106,7 +107,13 @@ class HyP2Loss(nn.Module):
         return _masked_mean(1.0 - cos, pos) + _masked_mean(F.relu(cos - self.threshold), ~pos)
 
     def pair_term(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """β-weighted pair part of the loss (0-d, zero without qualifying pairs)."""
+        """β-weighted pair part of the loss (0-d, zero without qualifying pairs).
+
+        Pairs couple the samples of a batch: in training under data parallelism the pairs
+        are those of the global batch, gathered from every rank (each rank's share of the
+        gradient flows back to it), so the loss equals the one-process one."""
+        if self.training and self.beta != 0:
+            h, labels = distributed.gather_batch(h), distributed.gather_batch(labels)
         pos = labels != 0
         multi = pos.sum(dim=1) > 1
         if self.beta == 0 or int(multi.sum()) < 2:

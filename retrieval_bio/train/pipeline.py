@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .. import datasets, learners, rules
+from .. import datasets, distributed, learners, rules
 from ..config import DYNAMICS, ConfigError, RunConfig
 from ..datasets import DatasetError, DatasetSplits
 from ..eval import map_at_k
@@ -76,7 +76,8 @@ def load_splits(
     options["skip_bad"] = bool(options.get("skip_bad") or
                                (cfg.skip_bad if skip_bad is None else skip_bad))
     return datasets.load(cfg.dataset, cfg.root, protocol=cfg.protocol, seed=cfg.seed,
-                         image_size=cfg.image_size, augment=aug, **options)
+                         image_size=cfg.image_size, augment=aug, cache_dir=cfg.data_cache,
+                         **options)
 
 
 def skipped_items(splits: DatasetSplits) -> int:
@@ -314,6 +315,11 @@ def train_run(
 
     ``step_hooks`` run after every optimiser step (logging, or a test's simulated Ctrl-C).
 
+    Started by ``torchrun --nproc-per-node N``, the run is data parallel with no other
+    setting (:mod:`retrieval_bio.distributed`): ``batch_size`` stays the global batch, every
+    rank trains identical weights, the test encoding is sharded over the ranks, and only
+    rank 0 writes the run folder and shows progress.
+
     Raises:
         RunFolderError: ``cfg.out`` already holds a run and ``resume`` is False, or
             ``resume`` is True and there is no checkpoint to continue.
@@ -332,6 +338,21 @@ def train_run(
     # leaves no half-made run behind.
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
+    eval_device = resolve_device(cfg.eval_device) if cfg.eval_device else None
+    dist_info, device = distributed.init_from_env(device)
+    eval_device = distributed.local_device(eval_device) if eval_device else device
+    try:
+        return _train(cfg, run_dir, resume, device, eval_device,
+                      progress if distributed.is_main() else None, step_hooks)
+    finally:
+        distributed.shutdown(dist_info)
+
+
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, device: torch.device,
+           eval_device: torch.device, progress: Progress | None,
+           step_hooks: Sequence[StepHook]) -> RunResult:
+    ckpt = run_dir / CHECKPOINT
+    main = distributed.is_main()
     splits = load_splits(cfg)
     model = build_model(cfg, splits, load_weights=not resume)
     objective = build_objective(cfg, splits)
@@ -350,6 +371,10 @@ def train_run(
     if _statistics_parts(model):
         epoch_hooks.append(lambda m, epoch: refresh_statistics(
             m, eval_splits.train, device, cfg.batch_size) or {})
+    if main and distributed.world_size() > 1 and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        log.warning("BatchNorm under data parallelism normalises each rank's share of the "
+                    "batch (as DDP does): the run is not the one-process run exactly")
     trainer = Trainer(  # writes nothing until fit()
         model, objective, splits.train, param_groups=groups, optimizer=optimizer,
         schedule=schedule, learner=learner, epochs=cfg.epochs,
@@ -357,14 +382,15 @@ def train_run(
         num_workers=cfg.num_workers, run_dir=run_dir, validate=validate, select_metric=select,
         step_hooks=step_hooks, epoch_hooks=epoch_hooks, progress=progress,
         divergence_factor=cfg.divergence_factor,
-        history_hooks=[_curve_hook(cfg, run_dir, select, learner)],
+        history_hooks=[_curve_hook(cfg, run_dir, select, learner)] if main else [],
         chance_level=1.0 / splits.num_classes if cfg.task == "classify" else None,
     )
     # after every real parameter update (not one that AMP's scaler skipped): brSF redraws
     # M, every rule drops its cached B
     rules.attach(trainer.optimizer, model)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / CONFIG)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / CONFIG)
     try:
         state = trainer.fit(resume=resume)
     except DatasetError as e:
@@ -386,19 +412,25 @@ def train_run(
     if not learner.supervised:
         return _finish_unsupervised(cfg, trainer, splits, run_dir, metrics)
     metrics[select] = state.best_value
+    distributed.barrier()  # rank 0 has written best.pt
     if (run_dir / BEST).is_file():  # the test metrics below come from these weights
         metrics["test_weights"] = weights_info(run_dir / BEST, {"epoch": state.best_epoch})
+    model.to(eval_device)
     try:
-        metrics.update(evaluate_test(cfg, model, splits, device, run_dir, progress))
+        metrics.update(evaluate_test(cfg, model, splits, eval_device,
+                                     run_dir if main else None, progress, amp=trainer.amp))
     except DatasetError as e:
-        update_metrics(run_dir, **metrics)
+        if main:
+            update_metrics(run_dir, **metrics)
         raise DatasetError(
             f"{e}\nThe test evaluation stopped on this item, but the trained run is kept: "
             f"{run_dir / BEST} holds the selected epoch ({state.best_epoch}). Finish the "
             f"evaluation with the bad items skipped: retrieval-bio evaluate {_q(run_dir)} "
             f"--encode --skip-bad") from e
     # an earlier `evaluate` described other weights (a resumed run may select another epoch)
-    metrics = update_metrics(run_dir, drop=is_evaluation_key, **metrics)
+    if main:
+        metrics = update_metrics(run_dir, drop=is_evaluation_key, **metrics)
+    distributed.barrier()  # every file is written before any rank returns
     return RunResult(run_dir, cfg, model, splits, metrics)
 
 
@@ -409,6 +441,9 @@ def _finish_unsupervised(cfg: RunConfig, trainer: Trainer, splits: DatasetSplits
     head is untrained, so no test metric is computed; the metrics say how to train it."""
     model = trainer.model
     extra = trainer.learner.finish(model)
+    if not distributed.is_main():  # every rank pruned the same weights; rank 0 writes
+        distributed.barrier()
+        return RunResult(run_dir, cfg, model, splits, metrics)
     for text in extra.get("warnings", []):
         log.warning(text)
     atomic_torch_save({"model": model.state_dict(), "objective": trainer.objective.state_dict(),
@@ -420,6 +455,7 @@ def _finish_unsupervised(cfg: RunConfig, trainer: Trainer, splits: DatasetSplits
                                f"{_q(run_dir)} --freeze-backbone --rule bp --optimizer adam "
                                f"--lr-head 1e-3 --weight-decay 0 --out RUN2"))
     metrics = update_metrics(run_dir, drop=is_evaluation_key, **metrics)
+    distributed.barrier()
     return RunResult(run_dir, cfg, model, splits, metrics)
 
 
@@ -502,17 +538,19 @@ def _curve_hook(cfg: RunConfig, run_dir: Path, select: str | None,
 
 def evaluate_test(
     cfg: RunConfig, model: TaskModel, splits: DatasetSplits, device: torch.device,
-    run_dir: Path, progress: Progress | None = None,
+    run_dir: Path | None, progress: Progress | None = None, *, amp: bool = False,
 ) -> dict[str, Any]:
     """Test metrics of the selected model: accuracy on the query split (classify), or
-    codes of query and database written to ``codes.npz``, the database codes indexed in a
-    FAISS flat binary index (``database.index``) and mAP@k (hash)."""
+    codes of query and database written to ``run_dir/codes.npz`` (``None``: not written),
+    the database codes indexed in a FAISS binary index (``database.index``) and mAP@k
+    (hash). ``amp``: float16 and channels_last encoding on CUDA."""
     bs = max(cfg.batch_size, 128)
     if cfg.task == "classify":
         logits, labels, _ = encode(model, splits.query, batch_size=bs, device=device,
-                                   progress=progress, description="test")
+                                   progress=progress, description="test", amp=amp,
+                                   num_workers=cfg.num_workers)
         return {"test_accuracy": accuracy(logits, labels)}
-    codes = encode_codes(cfg, model, splits, device, run_dir, progress)
+    codes = encode_codes(cfg, model, splits, device, run_dir, progress, amp=amp)
     k = retrieval_k(cfg, splits)
     return {"map@k": float(map_at_k(codes["query_codes"], codes["db_codes"],
                                     codes["query_labels"], codes["db_labels"], k)), "k": k}
@@ -520,16 +558,17 @@ def evaluate_test(
 
 def encode_codes(
     cfg: RunConfig, model: TaskModel, splits: DatasetSplits, device: torch.device,
-    dest: Path | None, progress: Progress | None = None,
+    dest: Path | None, progress: Progress | None = None, *, amp: bool = False,
 ) -> dict[str, np.ndarray]:
     """int8 ±1 codes, uint8 multi-hot labels and ids of the query and database splits
     (the arrays of ``codes.npz``); with ``dest``, also written there as ``codes.npz`` and
     the database indexed in ``database.index`` (kind ``cfg.index``)."""
     bs = max(cfg.batch_size, 128)
     q, ql, qi = encode(model, splits.query, batch_size=bs, device=device, progress=progress,
-                       description="encoding queries")
+                       description="encoding queries", amp=amp, num_workers=cfg.num_workers)
     d, dl, di = encode(model, splits.database, batch_size=bs, device=device,
-                       progress=progress, description="encoding database")
+                       progress=progress, description="encoding database", amp=amp,
+                       num_workers=cfg.num_workers)
     q_codes, d_codes = sign_codes(q), sign_codes(d)
     if dest is not None:
         save_codes(dest / "codes.npz", q_codes, ql, qi, d_codes, dl, di)

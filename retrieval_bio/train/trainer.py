@@ -6,9 +6,18 @@ It owns the loop and nothing task-specific: the model maps images to outputs, th
 ``select_metric`` (maximised) picks the epoch whose weights the run keeps.
 
 Reproducibility: the order of epoch ``e`` is a permutation drawn from a generator seeded
-with ``(seed, e)``, and every checkpoint stores the optimiser and all RNG states taken at
-the start of the step it resumes from, so ``resume=True`` continues to the same weights as
-an uninterrupted run on the same device, whether the stop came at an epoch end or a Ctrl-C.
+with ``(seed, e)``, each item's augmentation is drawn from a generator seeded with
+``(seed, e, item)`` (so neither loader workers nor ranks change it), and every checkpoint
+stores the optimiser and all RNG states taken at the start of the step it resumes from, so
+``resume=True`` continues to the same weights as an uninterrupted run on the same device,
+whether the stop came at an epoch end or a Ctrl-C.
+
+Data parallel (under ``torchrun``, see :mod:`retrieval_bio.distributed`): every rank walks
+the same global order; global batch ``b`` of ``batch_size`` items is cut into equal
+contiguous shares, rank ``r`` taking the ``r``-th. After the learner's step the gradients
+are averaged over ranks (with the loss and the Ctrl-C flag in the same collective), so all
+ranks take identical optimiser steps and a checkpoint of any world size resumes at any
+other. Only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -27,8 +36,10 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
+from .. import distributed
 from ..datasets.errors import DatasetError
 from ..learners import Autograd, Learner, StepContext
+from ..loading import loader_options
 from ..progress import Progress, ensure
 from ..runs import BEST, CHECKPOINT, atomic_torch_save, load_checkpoint, update_metrics
 from .devices import rng_state, set_rng_state
@@ -96,12 +107,14 @@ class Trainer:
         schedule: sets every group's rate at each epoch's start from its ``base_lr``
             (:func:`retrieval_bio.train.create_schedule`); ``None``: constant rates.
         learner: turns a batch into gradients; ``None``: autograd (BP and the layer rules).
-        seed: seeds the per-epoch data order.
+        seed: seeds the per-epoch data order and each item's augmentation.
         device: a torch device (see :func:`retrieval_bio.train.resolve_device`).
         amp: float16 autocast + gradient scaling, used on CUDA only and only for learners
             whose gradients are loss gradients (``learner.uses_amp``).
+        num_workers: loader processes; ``None``: 0 for an in-memory split, else one per
+            CPU of this process (:func:`retrieval_bio.loading.default_workers`).
         run_dir: folder for ``checkpoint.pt``, ``best.pt`` and ``metrics.json``
-            (``None``: nothing is written).
+            (``None``: nothing is written; ranks other than 0 only read it, to resume).
         validate: ``validate(model) -> {metric: value}``, run each epoch (model in eval).
         select_metric: key of ``validate``'s output to maximise; the model ends at the best
             epoch's weights. ``None``: the last epoch is kept.
@@ -124,7 +137,7 @@ class Trainer:
         self, model: nn.Module, objective: nn.Module, train_set: Dataset, *,
         param_groups: Sequence[dict[str, Any]], epochs: int, batch_size: int,
         weight_decay: float = 5e-4, betas: tuple[float, float] = (0.9, 0.999), seed: int = 0,
-        device: torch.device | str = "cpu", amp: bool = True, num_workers: int = 0,
+        device: torch.device | str = "cpu", amp: bool = True, num_workers: int | None = None,
         run_dir: str | Path | None = None,
         validate: Callable[[nn.Module], dict[str, float]] | None = None,
         select_metric: str | None = None, step_hooks: Sequence[StepHook] = (),
@@ -142,7 +155,12 @@ class Trainer:
         self.batch_size = batch_size
         self.seed = seed
         self.num_workers = num_workers
+        self.world = distributed.world_size()
+        if batch_size % self.world:
+            raise ValueError(f"batch_size {batch_size} must be a multiple of the {self.world} "
+                             f"processes (each takes an equal share of every batch)")
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self._writes = self.run_dir is not None and distributed.is_main()
         self.validate = validate
         self.select_metric = select_metric
         self.step_hooks = list(step_hooks)
@@ -157,6 +175,10 @@ class Trainer:
         self.schedule = schedule
         self.learner = (learner if learner is not None else Autograd()).to(self.device)
         self.learner.prepare(self.model, self.objective)
+        # identical starting weights on every rank, whatever each drew (as DDP does)
+        distributed.broadcast_state(self.model, self.objective, self.learner)
+        self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self._data: DataLoader | None = None
         self.amp = amp and self.device.type == "cuda" and self.learner.uses_amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self._ctx = StepContext(self.device, self.amp, self.scaler, seed=seed)
@@ -185,12 +207,12 @@ class Trainer:
                 except DatasetError:
                     # The loader failed before the step it was fetching for: the state is
                     # between two steps, so keep it (a resume continues from here).
-                    if self.run_dir is not None and self.state.step > 0:
+                    if self._writes and self.state.step > 0:
                         self.save(self._path(CHECKPOINT))
                         self.saved_on_error = True
                     raise
                 if train_stats is None:  # Ctrl-C: stopped cleanly between two steps
-                    if self.run_dir is not None:
+                    if self._writes:
                         self.save(self._path(CHECKPOINT))
                         log.warning("interrupted at epoch %d step %d; checkpoint written to %s",
                                     self.state.epoch + 1, self.state.step, self.run_dir)
@@ -255,17 +277,35 @@ class Trainer:
         """Full batches only (a 1-item last batch would break BatchNorm); at least one."""
         return max(len(self.train_set) // self.batch_size, 1)
 
-    def _loader(self, epoch: int, start_step: int) -> DataLoader:
+    def _order(self, epoch: int, start_step: int) -> list[tuple[int, int]]:
+        """``(epoch, item)`` keys of this rank's share of the epoch's remaining batches."""
+        # A private generator: drawing the order must not consume the global RNG, or a
+        # resumed epoch would see other dropout masks than the uninterrupted one.
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         n = len(self.train_set)
         order = torch.randperm(n, generator=g)
-        usable = min(self._steps_per_epoch() * self.batch_size, n)
-        order = order[start_step * self.batch_size : usable].tolist()
-        # A private generator: creating the loader must not consume the global RNG, or a
-        # resumed epoch would see other dropout masks than the uninterrupted one.
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=order,
-                          num_workers=self.num_workers, generator=g,
-                          pin_memory=self.device.type == "cuda")
+        steps = self._steps_per_epoch()
+        usable = min(steps * self.batch_size, n)  # one short batch when n < batch_size
+        batches = order[:usable].view(steps, -1)[start_step:]
+        share = batches.shape[1] // self.world
+        r = distributed.rank()
+        mine = batches[:, r * share:(r + 1) * share].reshape(-1)
+        return [(epoch, int(i)) for i in mine]
+
+    def _loader(self, epoch: int, start_step: int) -> DataLoader:
+        """One loader per fit, its workers kept across epochs; each epoch sets its order."""
+        if self._data is None:
+            self._sampler = _Keys()
+            items = _SeededItems(self.train_set, self.seed)
+            # a private generator: starting an epoch's iteration draws a base seed, which
+            # must not come from the global RNG (dropout's)
+            self._data = DataLoader(
+                items, batch_size=self.batch_size // self.world, sampler=self._sampler,
+                generator=torch.Generator().manual_seed(self.seed),
+                **loader_options(self.train_set, self.num_workers, self.device,
+                                 persistent=True))
+        self._sampler.keys = self._order(epoch, start_step)
+        return self._data
 
     def _train_epoch(self, epoch: int, interrupt: _GracefulInterrupt) -> dict[str, float] | None:
         self.model.train()
@@ -283,11 +323,11 @@ class Trainer:
         t0 = time.perf_counter() - s.epoch_time
         try:
             for images, labels, _ in loader:
-                if interrupt.requested:
+                if self.world == 1 and interrupt.requested:
                     return None
-                loss = self._train_step(images, labels)
-                s.epoch_loss_sum += (loss or 0.0) * images.shape[0]
-                s.epoch_seen += images.shape[0]
+                loss, stop = self._train_step(images, labels, interrupt.requested)
+                s.epoch_loss_sum += (loss or 0.0) * images.shape[0] * self.world
+                s.epoch_seen += images.shape[0] * self.world
                 s.step += 1
                 s.global_step += 1
                 s.epoch_time = time.perf_counter() - t0
@@ -297,7 +337,9 @@ class Trainer:
                 shown = s.epoch_loss_sum / s.epoch_seen if self.learner.has_loss else None
                 self.progress.advance(1, loss=shown,
                                       images_per_s=s.epoch_seen / max(s.epoch_time, 1e-9))
-            if interrupt.requested and s.step < total:
+                if stop and s.step < total:  # a Ctrl-C on some rank, seen by all at once
+                    return None
+            if self.world == 1 and interrupt.requested and s.step < total:
                 return None
         finally:
             self.progress.stop()
@@ -309,13 +351,22 @@ class Trainer:
         s.epoch_loss_sum, s.epoch_seen, s.epoch_time = 0.0, 0, 0.0
         return stats
 
-    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float | None:
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor, stop: bool = False
+                    ) -> tuple[float | None, bool]:
+        """One optimiser step; returns the (rank-averaged) loss and whether any rank asked
+        to stop after this step."""
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         ctx = self._ctx
         ctx.epoch, ctx.global_step = self.state.epoch, self.state.global_step
         value = self.learner.training_step(self.model, self.objective, images, labels, ctx)
+        if self.world > 1:
+            loss_sum, stops = distributed.average_gradients(
+                () if self.learner.syncs_gradients else self._params,
+                extra=(0.0 if value is None else value, float(stop)))
+            value = None if value is None else loss_sum / self.world
+            stop = stops > 0
         if value is not None and not math.isfinite(value):
             raise NonFiniteLossError(
                 f"loss is {value} at epoch {self.state.epoch + 1}, step {self.state.step + 1} "
@@ -326,7 +377,7 @@ class Trainer:
         self.scaler.update()
         for hook in self.step_hooks:
             hook(self.model, self.optimizer)
-        return value
+        return value, stop
 
     def _kept(self) -> str:
         """Where the last good state is, for error messages: only a file that exists."""
@@ -399,6 +450,8 @@ class Trainer:
         s = self.state
         self._check_weights()
         entry: dict[str, Any] = {"epoch": s.epoch + 1, **train_stats}
+        # each rank's BatchNorm saw its own share: evaluate rank 0's statistics everywhere
+        distributed.broadcast_buffers(self.model, self.objective)
         if self.validate is not None:
             self.model.eval()
             self.objective.eval()
@@ -428,7 +481,7 @@ class Trainer:
         epoch_end = getattr(self.progress, "epoch_end", None)
         if epoch_end is not None:
             epoch_end(entry, best=improved, epochs=self.epochs)
-        if self.run_dir is not None:
+        if self._writes:
             if improved:
                 atomic_torch_save({**self._best_state, "epoch": s.epoch}, self._path(BEST))
             self.save(self._path(CHECKPOINT))
@@ -443,6 +496,41 @@ class Trainer:
         a staged part says no before its final stage (a front end not yet quantised)."""
         return all(m.is_selectable(epoch) for m in self.model.modules()
                    if callable(getattr(m, "is_selectable", None)))
+
+
+class _Keys:
+    """The sampler of the trainer's one loader: the keys of the epoch being run (set before
+    each epoch; read in the main process, so persistent workers see every epoch's order)."""
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[int, int]] = []
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class _SeededItems(Dataset):
+    """``dataset[i]`` for key ``(epoch, i)``, its random transforms drawn from a generator
+    seeded with ``(seed, epoch, i)``: an item's augmentation then depends neither on which
+    worker or rank loads it nor on where a resumed epoch restarts."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, i = key
+        # fork: in the main process (no workers) the global stream drives dropout and must
+        # not move with the data
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(((self.seed * 1_000_003 + epoch) * 2_147_483_647 + i) % 2**63)
+            return self.dataset[i]
 
 
 class _GracefulInterrupt:

@@ -92,7 +92,8 @@ def test_autograd_learner_is_todays_step():
     data = _data()
     x, y = data.images[:16], data.labels[:16]
     for _ in range(3):
-        value = trainer._train_step(x, y)
+        value, stop = trainer._train_step(x, y)
+        assert not stop
         opt.zero_grad()
         loss = loss_fn(ref(x), y)
         loss.backward()

@@ -1,0 +1,56 @@
+"""DataLoader settings shared by training and encoding.
+
+Workers: a split held in memory (``in_memory = True``: digits, CIFAR pickles, the decoded
+image cache) is indexed faster than worker processes start, so it gets none; a split that
+decodes files gets one worker per CPU this process may use (the machine's CPUs over
+torchrun's ``LOCAL_WORLD_SIZE``), at most :data:`MAX_WORKERS`. Pinned memory on CUDA only.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+#: more decoding processes than this per GPU rarely helps and costs memory
+MAX_WORKERS = 8
+
+
+def in_memory(dataset: Dataset) -> bool:
+    """Whether ``dataset`` (or the dataset a ``Subset`` wraps) is held in memory."""
+    while not hasattr(dataset, "in_memory") and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    return bool(getattr(dataset, "in_memory", False))
+
+
+def cpus_per_process() -> int:
+    """CPUs this process may use: its affinity set over the ranks sharing the node."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    try:
+        local_world = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    except ValueError:
+        local_world = 1
+    return max(cpus // local_world, 1)
+
+
+def default_workers(dataset: Dataset) -> int:
+    """0 for an in-memory split, else one worker per available CPU (at most 8)."""
+    return 0 if in_memory(dataset) else min(MAX_WORKERS, cpus_per_process())
+
+
+def loader_options(dataset: Dataset, num_workers: int | None, device: torch.device,
+                   *, persistent: bool = False) -> dict[str, Any]:
+    """``DataLoader`` keyword arguments: ``num_workers`` (``None``: :func:`default_workers`),
+    ``pin_memory`` on CUDA, and ``persistent_workers`` when asked and there are workers (a
+    loader iterated once per epoch keeps its processes instead of forking new ones)."""
+    workers = default_workers(dataset) if num_workers is None else int(num_workers)
+    opts: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    if workers > 0:
+        opts["persistent_workers"] = persistent
+        opts["prefetch_factor"] = 4
+    return opts
