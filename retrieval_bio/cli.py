@@ -111,8 +111,12 @@ def _guard(interrupted: str | Callable[[], str] | None = None) -> Iterator[None]
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    from .distributed import env_rank
+
+    level = logging.INFO if verbose else logging.WARNING
+    if env_rank() != 0:  # under torchrun, rank 0 speaks for the run
+        level = logging.ERROR
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
 # -- run options: one flag per RunConfig key ----------------------------------------------
@@ -334,6 +338,7 @@ def _check_data_options(cfg: RunConfig) -> None:
 
 
 def _train(stage: str, **given: Any) -> None:
+    from .distributed import env_rank
     from .train import train_run
     from .ui import RichProgress, console, print_table
 
@@ -365,6 +370,8 @@ def _train(stage: str, **given: Any) -> None:
             cfg = build_config(stage, config, **given)
         _check_data_options(cfg)
         result = train_run(cfg, resume=resume, progress=RichProgress())
+    if env_rank() != 0:
+        return
     rows = [(k, v) for k, v in result.metrics.items() if not isinstance(v, (list, dict))]
     print_table(f"{stage}: {result.run_dir}", ["metric", "value"], rows)
     warnings = [h["warning"] for h in result.metrics.get("history", []) if "warning" in h]
@@ -1213,9 +1220,10 @@ def sweep_cmd(
             _say(f"{head}: {record['status']}")
 
     def interrupted() -> str:
+        jobs = " (submitted jobs keep running)" if (executor or spec.executor) == "slurm" else ""
         return (f"{spec.out / 'sweep.json'} lists what finished; the interrupted cell keeps "
-                f"its checkpoint (submitted jobs keep running). Run the same command again to "
-                f"continue: finished cells are skipped, interrupted ones resume")
+                f"its checkpoint{jobs}. Run the same command again to continue: finished "
+                f"cells are skipped, interrupted ones resume")
 
     with _guard(interrupted):
         result = run_sweep(spec, executor=executor, only=only, device=device,
@@ -1235,6 +1243,10 @@ def sweep_cmd(
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     _say(f"{', '.join(f'{n} {status}' for status, n in counts.items())}; written: "
          f"{result['path']}", err=False)
+    if counts.get(SUBMITTED):
+        _say(f"the submitted jobs run on the cluster (logs in {spec.out}/submitit/); see the "
+             f"state of every cell with: retrieval-bio sweep {shlex.quote(str(grid))} "
+             f"--dry-run", err=False)
     failed = counts.get(FAILED, 0)
     if failed:
         _say(f"{failed} cell(s) failed (tracebacks in {spec.out}/<cell>/error.txt); fix the "

@@ -21,7 +21,8 @@ def encode(
     """Model outputs for every item of ``dataset``, in dataset order.
 
     Under data parallelism (:mod:`retrieval_bio.distributed`) each rank encodes a contiguous
-    share of the items and every rank receives all of them, gathered in dataset order.
+    share of whole batches and every rank receives all items, gathered in dataset order
+    (bit-identical to one process: each batch holds the same items).
 
     Args:
         num_workers: loader processes (``None``: :func:`retrieval_bio.loading.default_workers`).
@@ -41,7 +42,7 @@ def encode(
     progress = ensure(progress)
     part = dataset
     if distributed.world_size() > 1:
-        part = Subset(dataset, distributed.shard_range(len(dataset)))  # type: ignore[arg-type]
+        part = Subset(dataset, distributed.shard_range(len(dataset), batch_size))  # type: ignore
     loader = DataLoader(part, batch_size=batch_size, shuffle=False,
                         **loader_options(dataset, num_workers, device))
     outs, labels, ids = [], [], []

@@ -107,13 +107,7 @@ class HyP2Loss(nn.Module):
         return _masked_mean(1.0 - cos, pos) + _masked_mean(F.relu(cos - self.threshold), ~pos)
 
     def pair_term(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """β-weighted pair part of the loss (0-d, zero without qualifying pairs).
-
-        Pairs couple the samples of a batch: in training under data parallelism the pairs
-        are those of the global batch, gathered from every rank (each rank's share of the
-        gradient flows back to it), so the loss equals the one-process one."""
-        if self.training and self.beta != 0:
-            h, labels = distributed.gather_batch(h), distributed.gather_batch(labels)
+        """β-weighted pair part of the loss (0-d, zero without qualifying pairs)."""
         pos = labels != 0
         multi = pos.sum(dim=1) > 1
         if self.beta == 0 or int(multi.sum()) < 2:
@@ -132,6 +126,13 @@ class HyP2Loss(nn.Module):
                 f"labels must be multi-hot (N, C) = ({h.shape[0]}, {self.num_classes}), "
                 f"got {tuple(labels.shape)}"
             )
+        if self.training:
+            # Both terms couple the batch (pairs; means over its positive label entries,
+            # whose count varies with multi-label data): under data parallelism each rank
+            # computes the loss of the global batch, gathered with its gradient flowing
+            # back to each rank's share, which after the trainer's averaging is exactly the
+            # one-process gradient.
+            h, labels = distributed.gather_batch(h), distributed.gather_batch(labels)
         return self.proxy_term(h, labels) + self.pair_term(h, labels)
 
 
