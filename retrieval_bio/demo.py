@@ -23,7 +23,7 @@ from .eval.compare import compare_runs
 from .eval.report import CODES, load_codes
 from .index import HammingIndex
 from .progress import Progress
-from .runs import CONFIG, read_json
+from .runs import CONFIG, METRICS, read_json, run_finished
 from .train import train_run
 from .train.pipeline import INDEX
 from .workflows import attack_run, evaluate_run
@@ -54,14 +54,13 @@ class DemoSettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _train(cfg: RunConfig, done_key: str, progress: Progress | None) -> dict[str, Any]:
+def _train(cfg: RunConfig, progress: Progress | None) -> dict[str, Any]:
     """Train ``cfg`` unless its run folder already holds a finished run of the same config."""
     run_dir = Path(cfg.out)
-    metrics = read_json(run_dir / "metrics.json")
-    if done_key in metrics and (run_dir / CONFIG).is_file() and \
+    if run_finished(run_dir) and (run_dir / CONFIG).is_file() and \
             RunConfig.load(run_dir / CONFIG) == cfg:
         log.info("reusing the finished run in %s", run_dir)
-        return metrics
+        return read_json(run_dir / METRICS)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"{run_dir} holds another run; pass another --out to the demo")
     return train_run(cfg, progress=progress).metrics
@@ -106,7 +105,7 @@ def _run_demo(out: Path, s: DemoSettings, progress: Progress | None) -> dict[str
                                "epochs": s.pretrain_epochs, "lr_backbone": 1e-3,
                                "lr_head": 1e-3, "out": str(out / "pretrain")})
     summary: dict[str, Any] = {"pretrain": {
-        k: _train(pre, "test_accuracy", progress).get(k)
+        k: _train(pre, progress).get(k)
         for k in ("val_accuracy", "test_accuracy")}}
     runs: dict[str, Path] = {}
     summary["retrieval"] = {}
@@ -117,7 +116,7 @@ def _run_demo(out: Path, s: DemoSettings, progress: Progress | None) -> dict[str
             # the backbone was pre-trained on these 1,000 digits: a 10x larger rate than
             # SPEC §3's ImageNet protocol keeps the demo's fine-tune to a few epochs
             "lr_backbone": 1e-4, "lr_head": 1e-3, "out": str(out / f"hash-{rule}")})
-        _train(cfg, "map@k", progress)
+        _train(cfg, progress)
         runs[rule] = Path(cfg.out)
         report = evaluate_run(cfg.out, device=s.device, progress=progress)
         summary["retrieval"][rule] = {

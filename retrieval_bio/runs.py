@@ -185,6 +185,31 @@ def update_metrics(
     return metrics
 
 
+#: the test metric ``metrics.json`` holds once a run of each task has finished training
+TEST_METRICS = {"classify": "test_accuracy", "hash": "map@k"}
+
+
+def run_finished(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a finished training: ``best.pt`` and a ``metrics.json``
+    with the test metric of its task (``test_accuracy`` | ``map@k``), or, for an
+    unsupervised stage (whose head is untrained, so nothing is tested), ``next_stage``.
+
+    A checkpoint alone is an interrupted run, not a finished one: ``--resume`` continues it.
+
+    Raises:
+        RunFolderError: ``metrics.json`` exists but is damaged (named by :func:`read_json`).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / BEST).is_file():
+        return False
+    metrics = read_json(run_dir / METRICS)
+    if metrics.get("next_stage"):
+        return True
+    task = metrics.get("task")
+    keys = [TEST_METRICS[task]] if task in TEST_METRICS else list(TEST_METRICS.values())
+    return any(metrics.get(k) is not None for k in keys)
+
+
 def weights_info(path: str | Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
     """Provenance of a weights file for reports: its name, the epoch it holds and the
     SHA-256 of its bytes (so a report can be tied to the exact weights it used)."""

@@ -18,9 +18,10 @@ from retrieval_bio.models import BACKBONES
 from retrieval_bio.train.pipeline import build_learner, task_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-#: run configs: every YAML file but the grid specs of `retrieval-bio tradeoff` (configs/tradeoff/,
-#: not RunConfigs; tested with that command)
-ALL = sorted(p for p in CONFIGS.rglob("*.yaml") if p.relative_to(CONFIGS).parts[0] != "tradeoff")
+#: run configs: every YAML file but the grid specs of `retrieval-bio tradeoff` and `sweep`
+#: (configs/tradeoff/, configs/sweeps/: not RunConfigs; tested with those commands)
+GRIDS = ("tradeoff", "sweeps")
+ALL = sorted(p for p in CONFIGS.rglob("*.yaml") if p.relative_to(CONFIGS).parts[0] not in GRIDS)
 GENERATED = ("classification", "hashing", "pepita", "ep", "frontends", "krotov")
 BACKBONE_NAMES = ("alexnet", "vgg16", "resnet18")
 RULE_NAMES = ("bp", "usf", "frsf", "brsf")
