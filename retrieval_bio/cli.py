@@ -101,8 +101,11 @@ def _guard(interrupted: str | Callable[[], str] | None = None) -> Iterator[None]
     except typer.Exit:
         raise
     except KeyboardInterrupt:
+        from .distributed import env_rank
+
         text = interrupted() if callable(interrupted) else interrupted
-        _say(f"interrupted{': ' + text if text else ''}")
+        if env_rank() == 0:  # under torchrun every rank stops; one says so
+            _say(f"interrupted{': ' + text if text else ''}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except _user_errors() as e:
         if _state["debug"]:

@@ -19,10 +19,10 @@ class CtrlCAt:
     """A step hook that sends this process a real SIGINT (what Ctrl-C sends) during the n-th
     optimiser step."""
 
-    def __init__(self, n: int) -> None:
-        self.n, self.calls = n, 0
+    def __init__(self, n: int, sig: int = signal.SIGINT) -> None:
+        self.n, self.calls, self.sig = n, 0, sig
 
     def __call__(self, model, opt) -> None:
         self.calls += 1
         if self.calls == self.n:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self.sig)

@@ -353,6 +353,11 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, device: torch.device,
            step_hooks: Sequence[StepHook]) -> RunResult:
     ckpt = run_dir / CHECKPOINT
     main = distributed.is_main()
+    world = distributed.world_size()
+    if cfg.batch_size % world:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch and must be a "
+                          f"multiple of the {world} processes torchrun started (each takes an "
+                          f"equal share); use e.g. {world * max(cfg.batch_size // world, 1)}")
     splits = load_splits(cfg)
     model = build_model(cfg, splits, load_weights=not resume)
     objective = build_objective(cfg, splits)
@@ -371,7 +376,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, device: torch.device,
     if _statistics_parts(model):
         epoch_hooks.append(lambda m, epoch: refresh_statistics(
             m, eval_splits.train, device, cfg.batch_size) or {})
-    if main and distributed.world_size() > 1 and any(
+    if main and world > 1 and any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         log.warning("BatchNorm under data parallelism normalises each rank's share of the "
                     "batch (as DDP does): the run is not the one-process run exactly")

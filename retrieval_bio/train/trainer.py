@@ -534,29 +534,33 @@ class _SeededItems(Dataset):
 
 
 class _GracefulInterrupt:
-    """Turns the first Ctrl-C (SIGINT) into a flag checked between steps, so the checkpoint
-    written on interrupt never holds a half-applied optimiser step. A second Ctrl-C raises
-    ``KeyboardInterrupt`` at once. Outside the main thread it does nothing."""
+    """Turns the first Ctrl-C (SIGINT) or SIGTERM (sent by SLURM before a time limit or a
+    preemption, and by torchrun to stop its workers) into a flag checked between steps, so
+    the checkpoint written on interrupt never holds a half-applied optimiser step. A second
+    signal raises ``KeyboardInterrupt`` at once. Outside the main thread it does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._installed = False
-        self._previous: object = None
+        self._previous: dict[int, object] = {}
 
     def _handler(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        log.warning("Ctrl-C: stopping after this step (press again to stop at once)")
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        log.warning("%s: stopping after this step (press Ctrl-C again to stop at once)", name)
 
     def __enter__(self) -> _GracefulInterrupt:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-            self._installed = True
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._installed:
+        for sig, previous in self._previous.items():
             # None: the previous handler was not set from Python; fall back to the default
-            previous = signal.default_int_handler if self._previous is None else self._previous
-            signal.signal(signal.SIGINT, previous)
+            if previous is None:
+                previous = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            signal.signal(sig, previous)

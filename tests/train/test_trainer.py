@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 import torch.nn as nn
@@ -37,14 +39,17 @@ def _trainer(model, run_dir, epochs=3, hooks=()):
                    step_hooks=hooks)
 
 
-@pytest.mark.parametrize("stop_after", [6, 8, 13])  # epoch end, mid-epoch, mid-epoch 3
-def test_resume_after_interrupt_matches_uninterrupted(tmp_path, stop_after):
+@pytest.mark.parametrize("stop_after,sig", [  # epoch end, mid-epoch, mid-epoch 3
+    (6, signal.SIGINT), (8, signal.SIGINT), (13, signal.SIGINT),
+    (8, signal.SIGTERM)])  # what SLURM sends before a time limit, and torchrun to stop
+def test_resume_after_interrupt_matches_uninterrupted(tmp_path, stop_after, sig):
     ref = _model()
     _trainer(ref, tmp_path / "ref").fit()
 
     model = _model()
     with pytest.raises(KeyboardInterrupt):
-        _trainer(model, tmp_path / "run", hooks=[CtrlCAt(stop_after)]).fit()
+        _trainer(model, tmp_path / "run", hooks=[CtrlCAt(stop_after, sig)]).fit()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored after the run
     assert load_checkpoint(tmp_path / "run" / CHECKPOINT)["global_step"] == stop_after
 
     resumed = _model()  # a fresh process would start from scratch weights
