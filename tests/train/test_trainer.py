@@ -96,3 +96,34 @@ def test_parameters_outside_any_group_are_refused():
     with pytest.raises(ValueError, match="in no parameter group"):
         Trainer(model, _CE(), _data(), param_groups=[{"params": [model[1].weight]}],
                 epochs=1, batch_size=16)
+
+
+def _augmented(n=64):
+    import numpy as np
+
+    from retrieval_bio.datasets.images import ArraySplit
+    from retrieval_bio.datasets.transforms import make_transform
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    labels = torch.eye(3)[torch.as_tensor(rng.integers(0, 3, n))]
+    return ArraySplit(images, labels, np.arange(n), make_transform(8, train=True, augment=True))
+
+
+def test_augmentation_does_not_depend_on_loader_workers(tmp_path):
+    """Each item's random crop and flip come from (seed, epoch, item): two loader workers
+    give the weights of none, though the items reach them in another interleaving."""
+    weights = []
+    for workers in (0, 2):
+        model = _model()
+        Trainer(model, _CE(), _augmented(), param_groups=[{"params": list(model.parameters()),
+                "lr": 1e-2}], epochs=2, batch_size=16, seed=3, num_workers=workers).fit()
+        weights.append(model.state_dict())
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), k
+    from retrieval_bio.train.trainer import _SeededItems
+
+    items = _SeededItems(_augmented(), seed=3)
+    # a new draw each epoch, the same draw for the same (epoch, item)
+    assert not all(torch.equal(items[(0, i)][0], items[(1, i)][0]) for i in range(10))
+    assert all(torch.equal(items[(1, i)][0], items[(1, i)][0]) for i in range(10))
