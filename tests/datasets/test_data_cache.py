@@ -269,3 +269,28 @@ def test_in_memory_datasets_ignore_the_cache(tmp_path):
     cifar = load("cifar10", str(tmp_path / "cifar"), protocol="classification",
                  cache_dir=str(cache))
     assert isinstance(cifar.train, ArraySplit) and cifar.train.in_memory and not cache.exists()
+
+
+def test_a_run_with_data_cache_trains_from_the_cache(listed, tmp_path):
+    """``--data-cache DIR`` reaches the loader: the run builds the cache, its splits read it,
+    and a second run with the same images reuses it without a rebuild."""
+    from typer.testing import CliRunner
+
+    from retrieval_bio.cli import app
+    from retrieval_bio.config import RunConfig
+    from retrieval_bio.train.pipeline import load_splits
+
+    cache = tmp_path / "cache"
+    flags = ["--dataset", "list", "--root", str(listed), "--backbone", "mlp", "--image-size",
+             "24", "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--data-cache",
+             str(cache)]
+    result = CliRunner().invoke(app, ["finetune", *flags, "--out", str(tmp_path / "r1")])
+    assert result.exit_code == 0, result.output
+    built = _array(cache).stat()
+    cfg = RunConfig.load_run(tmp_path / "r1" / "config.yaml")
+    assert cfg.data_cache == str(cache)
+    assert isinstance(load_splits(cfg).train, CachedSplit)
+    result = CliRunner().invoke(app, ["finetune", *flags, "--out", str(tmp_path / "r2")])
+    assert result.exit_code == 0, result.output
+    assert (_array(cache).stat().st_ino, _array(cache).stat().st_mtime_ns) == (
+        built.st_ino, built.st_mtime_ns)
