@@ -16,26 +16,36 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from .config import ConfigError, RunConfig, build_config, load_yaml, resume_config
+from .config import ConfigError, RunConfig
+from .grids import IGNORED_KEYS as IGNORED_KEYS  # kept importable from here
+from .grids import (
+    base_config,
+    check_mapping,
+    check_out_writable,
+    check_same_run,
+    failure_message,
+    load_grid_file,
+    no_duplicates,
+    out_folder,
+    raise_cell_errors,
+    train_cell,
+)
 from .progress import Progress
 from .runs import (
     BEST,
     CHECKPOINT,
-    CONFIG,
     METRICS,
     RunFolderError,
     atomic_write_json,
     file_digest,
     read_json,
-    writable_dir,
 )
 
 log = logging.getLogger(__name__)
@@ -48,9 +58,6 @@ PAPER_ATTACK: dict[str, Any] = {"name": "pgd", "eps": 0.3, "steps": 40, "alpha":
 DEFAULT_LR_KEYS = ("lr_backbone", "lr_head")
 #: keys every cell sets itself: a rule override may not set them
 CELL_KEYS = ("rule", "seed", "out")
-#: config keys that may differ between a finished run and its cell (they change neither
-#: the math nor the data of the run)
-IGNORED_KEYS = ("device", "eval_device", "num_workers", "data_cache", "skip_bad", "out")
 #: the attack's seed and the query subsample's: the same for every cell, so that every
 #: cell is attacked on the same images
 ATTACK_SEED = 0
@@ -155,20 +162,7 @@ def load_grid(path: str | Path) -> TradeoffGrid:
     Raises:
         ConfigError: naming the file, the key or the cell, and what is accepted.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"grid file {path} does not exist")
-    try:
-        data = load_yaml(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"grid file {path} cannot be read: {e}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"grid file {path} is not valid YAML: {e}") from e
-    try:
-        return parse_grid(data, base_dir=path.parent, default_out=f"runs/tradeoff/{path.stem}",
-                          source=path)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    return load_grid_file(path, parse_grid, out_root="runs/tradeoff")
 
 
 def parse_grid(
@@ -177,11 +171,11 @@ def parse_grid(
 ) -> TradeoffGrid:
     """A :class:`TradeoffGrid` from the mapping of a grid file; ``base`` paths are relative
     to ``base_dir`` (the grid file's folder), ``out`` to the working directory."""
-    _check_mapping(data, "a grid", "grid", GRID_KEYS, type(data).__name__)
+    check_mapping(data, "a grid", "grid", GRID_KEYS, type(data).__name__)
     if "base" not in data:
         raise ConfigError("base is missing: give a run config file (path relative to the grid "
                           "file) or a mapping of RunConfig keys")
-    base = _base(data["base"], Path(base_dir))
+    base = base_config(data["base"], Path(base_dir))
     if base.task != "classify":
         raise ConfigError(f"base: task is {base.task!r}; the trade-off compares natural and "
                           f"adversarial classification accuracy, so set task: classify")
@@ -199,38 +193,12 @@ def parse_grid(
                               f"use one or more of {', '.join(rates)}")
     overrides = _overrides(data.get("rule_overrides"), rules, lr_keys)
     attack = _attack(data.get("attack"))
-    out = data.get("out", default_out)
-    if not isinstance(out, str) or not out.strip():
-        raise ConfigError(f"out must be a folder path, got {out!r}")
-    grid = TradeoffGrid(base=base, rules=rules, lrs=lrs, seeds=seeds, attack=attack,
-                        out=Path(out), lr_keys=lr_keys, rule_overrides=overrides,
-                        rule_lrs=rule_lrs, source=source)
+    out = out_folder(data, default_out)
+    grid = TradeoffGrid(base=base, rules=rules, lrs=lrs, seeds=seeds, attack=attack, out=out,
+                        lr_keys=lr_keys, rule_overrides=overrides, rule_lrs=rule_lrs,
+                        source=source)
     grid.cells = _cells(grid)
     return grid
-
-
-def _base(value: Any, base_dir: Path) -> RunConfig:
-    """The base config, built the way ``retrieval-bio <stage> --config FILE`` builds it:
-    the stage's defaults, then the file's (or the mapping's) keys."""
-    try:
-        if isinstance(value, str):
-            p = Path(value).expanduser()
-            p = p if p.is_absolute() else base_dir / p
-            return build_config(RunConfig.load(p).stage, p)
-        if isinstance(value, dict):
-            unknown = sorted(set(value) - {f.name for f in fields(RunConfig)}, key=str)
-            if unknown:  # named before build_config merges in the stage defaults
-                RunConfig.from_dict(value)
-            # every RunConfig key that may be null defaults to null, so build_config's
-            # "None = not given" loses nothing here
-            stage = value.get("stage", "finetune")
-            if not isinstance(stage, str):
-                raise ConfigError(f"stage must be a string, got {stage!r}")
-            return build_config(stage, **{k: v for k, v in value.items() if k != "stage"})
-    except ConfigError as e:
-        raise ConfigError(f"base: {e}") from None
-    raise ConfigError(f"base must be a run config file or a mapping of RunConfig keys, got "
-                      f"{value!r}")
 
 
 def _str_list(data: dict, key: str, default: list[str] | None) -> list[str]:
@@ -243,14 +211,8 @@ def _str_list(data: dict, key: str, default: list[str] | None) -> list[str]:
         raise ConfigError(f"{key} must be a list of names, got {value!r}")
     if not value:
         raise ConfigError(f"{key} is empty; give at least one entry")
-    _no_duplicates(key, value)
+    no_duplicates(key, value)
     return list(value)
-
-
-def _no_duplicates(key: str, values: list) -> None:
-    seen = [v for i, v in enumerate(values) if v in values[:i]]
-    if seen:
-        raise ConfigError(f"{key} lists {seen[0]!r} twice")
 
 
 def _rule_lrs(value: Any, rules: list[str], seeds: list[int]) -> dict[str, list[float]]:
@@ -284,7 +246,7 @@ def _lrs(value: Any, rules: list[str], seeds: list[int], key: str) -> list[float
                               f"{shown})")
         lrs.append(lr)
     names = [f"{lr:g}" for lr in lrs]
-    _no_duplicates(f"{key} (as written in folder names)", names)
+    no_duplicates(f"{key} (as written in folder names)", names)
     return lrs
 
 
@@ -296,7 +258,7 @@ def _seeds(value: Any) -> list[int]:
     bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int) or v < 0]
     if bad:
         raise ConfigError(f"seeds must be integers >= 0, got {bad[0]!r}")
-    _no_duplicates("seeds", value)
+    no_duplicates("seeds", value)
     return list(value)
 
 
@@ -323,22 +285,12 @@ def _overrides(value: Any, rules: list[str], lr_keys: list[str]) -> dict[str, di
     return out
 
 
-def _check_mapping(value: Any, what: str, kind: str, keys: Sequence[str], shown: str) -> None:
-    """``value`` is a mapping whose keys are all in ``keys`` (else the error names them)."""
-    if not isinstance(value, dict):
-        raise ConfigError(f"{what} must be a mapping of {', '.join(keys)}; got {shown}")
-    unknown = sorted(set(value) - set(keys), key=str)
-    if unknown:
-        raise ConfigError(f"unknown {kind} key(s) {', '.join(map(repr, unknown))}; valid keys: "
-                          f"{', '.join(keys)}")
-
-
 def _attack(value: Any) -> AttackSpec:
     from .eval.robustness import DEFAULT_BATCH, attack_task
     from .workflows import check_attack_options
 
     value = {} if value is None else value
-    _check_mapping(value, "attack", "attack", ATTACK_KEYS, repr(value))
+    check_mapping(value, "attack", "attack", ATTACK_KEYS, repr(value))
     name = value.get("name", PAPER_ATTACK["name"])
     if not isinstance(name, str):
         raise ConfigError(f"attack.name must be an attack name, got {name!r}")
@@ -400,9 +352,7 @@ def _cells(grid: TradeoffGrid) -> list[Cell]:
                     cells.append(Cell(rule, lr, seed, RunConfig.from_dict(values)))
                 except ConfigError as e:
                     errors.append(f"cell {name}: {e}")
-    if errors:
-        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-        raise ConfigError("; ".join(errors[:5]) + more)
+    raise_cell_errors(errors)
     return cells
 
 
@@ -511,20 +461,6 @@ def finished_cells(grid: TradeoffGrid) -> list[str]:
     return [r["cell"] for r in grid_status(grid) if r["state"] == FINISHED]
 
 
-def _check_same_run(cell: Cell) -> None:
-    """A finished folder must hold the run this cell describes (the grid may have been
-    edited since): refuse rather than mix another run's numbers into the summary."""
-    stored = RunConfig.load_run(cell.run_dir / CONFIG)
-    differ = [f.name for f in fields(RunConfig) if f.name not in IGNORED_KEYS
-              and getattr(stored, f.name) != getattr(cell.config, f.name)]
-    if differ:
-        shown = ", ".join(f"{k}: {getattr(stored, k)!r} there, {getattr(cell.config, k)!r} in "
-                          f"the grid" for k in differ[:3])
-        raise ConfigError(
-            f"{cell.run_dir} holds a run of another config ({shown}); move the folder aside "
-            f"or choose another out for the grid")
-
-
 # -- running ------------------------------------------------------------------------------
 
 
@@ -555,9 +491,7 @@ def run_tradeoff(
     """
     if device is not None:
         grid.base.replace(device=device)  # validates it before anything runs
-    if not writable_dir(grid.out):
-        raise RunFolderError(f"{grid.out} cannot be written (not a folder, or read-only); "
-                             f"choose another out in the grid file")
+    check_out_writable(grid.out)
     records = [_record(c, PENDING) for c in grid.cells]
     errors: list[dict[str, str]] = []
     for i, cell in enumerate(grid.cells):
@@ -571,7 +505,7 @@ def run_tradeoff(
             write_summary(grid, records, errors)
             raise
         except Exception as e:  # noqa: BLE001 - one cell's failure must not stop the grid
-            message = f"{type(e).__name__}: {e}"
+            message = failure_message(e)
             log.info("cell %s failed: %s", cell.name, message)
             log.debug("cell %s failed", cell.name, exc_info=True)
             records[i] = {**_record(cell, FAILED), "error": message}
@@ -590,23 +524,16 @@ def _record(cell: Cell, status: str) -> dict[str, Any]:
 
 def _run_cell(cell: Cell, attack: AttackSpec, progress: Progress | None,
               device: str | None) -> dict[str, Any]:
-    from .train import train_run
     from .workflows import attack_run
 
     state, metrics, report = cell_state(cell, attack)
     status = REUSED if state == FINISHED else COMPUTED
     if state in (FINISHED, TRAINED):
-        _check_same_run(cell)
+        check_same_run(cell.run_dir, cell.config)
     cfg = cell.config if device is None else cell.config.replace(device=device)
-    if state == PARTIAL:
-        log.info("cell %s: resuming its training", cell.name)
-        given = cfg.to_dict()
-        stage = given.pop("stage")
-        resumed = resume_config(cell.run_dir, stage, **given)
-        metrics = train_run(resumed, resume=True, progress=progress).metrics
-    elif state == NEW:
-        log.info("cell %s: training", cell.name)
-        metrics = train_run(cfg, progress=progress).metrics
+    if state in (PARTIAL, NEW):
+        metrics = train_cell(cfg, resume=state == PARTIAL, progress=progress, name=cell.name,
+                             log=log).metrics
     if report is None:
         log.info("cell %s: attacking (%s)", cell.name, attack.describe())
         report = attack_run(

@@ -161,6 +161,25 @@ def test_the_example_grids_load():
     assert fine.config.init == pre.config.out  # the fine-tunes start from the pre-training
 
 
+def test_the_package_keeps_its_public_names_and_imports_nothing_private():
+    """``retrieval_bio.sweeps`` is a package of small modules: every public name stays
+    importable from it, and no module imports another's private (``_``) names."""
+    import ast
+
+    import retrieval_bio.sweeps as sweeps
+
+    for name in [*sweeps.__all__, "FAILED", "FINISHED", "SUBMITTED", "ERROR_FILE", "CellBusy",
+                 "SLURM_KEYS", "GRID_KEYS", "ATTACK_KEYS", "LOCK_FILE", "SUMMARY"]:
+        assert getattr(sweeps, name) is not None, name
+    package = Path(sweeps.__file__).parent
+    for path in [*package.glob("*.py"), package.parent / "grids.py",
+                 package.parent / "tradeoff.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name} imports {private} from {node.module}"
+
+
 # -- running a sweep ----------------------------------------------------------------------
 
 
