@@ -1,10 +1,12 @@
 """Data-parallel overhead on this CPU: the trainer's step at world size 1 and 2 (gloo).
 
 Same model, same global batch, one thread per process: world size 2 computes half the batch
-per process, then averages the gradients (one bucketed all-reduce, the loss and the stop
-flag in a second, tiny one). Printed:
+per process, then averages the gradients (a tiny all-reduce of the loss and the stop flag,
+then one bucketed all-reduce of the gradients). Printed:
 
 * step time at world size 1 and 2 and the speed-up (2.0 would be perfect scaling);
+* the learner's forward and backward alone, in one process and in each of two at once
+  (what the two processes' competition for the cores costs, before any communication);
 * the all-reduce alone (the gradients of the model, timed in the two processes);
 * the overhead: world-2 step time over (world-1 step time / 2), 1.0 = none.
 
@@ -64,10 +66,15 @@ def _measure(args: argparse.Namespace) -> dict[str, float]:
     torch.set_num_threads(1)
     world = distributed.world_size()
     trainer, x, y = _setup(args, args.batch // world)
-    out = {"step": _time(lambda: trainer._train_step(x, y), args.rounds)}
+    def compute() -> None:  # the learner's forward and backward alone, no reduction
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.learner.training_step(trainer.model, trainer.objective, x, y, trainer._ctx)
+
+    out = {"step": _time(lambda: trainer._train_step(x, y), args.rounds),
+           "compute": _time(compute, args.rounds)}
     if world > 1:
         params = trainer._params
-        out["all_reduce"] = _time(lambda: distributed.average_gradients(params, (0.0, 0.0)),
+        out["all_reduce"] = _time(lambda: distributed.average_gradients(params),
                                   args.rounds)
         out["values"] = sum(p.numel() for p in params)
     return out
@@ -104,6 +111,9 @@ def main() -> None:
     print(f"  world size 1: {one['step'] * 1e3:8.1f} ms/step")
     print(f"  world size 2: {two['step'] * 1e3:8.1f} ms/step  (speed-up "
           f"{one['step'] / two['step']:.2f}x; 2.00 = perfect)")
+    print(f"  forward + backward alone: {one['compute'] * 1e3:.1f} ms (batch {args.batch}, "
+          f"one process), {two['compute'] * 1e3:.1f} ms (batch {args.batch // 2}, each of "
+          f"two at once)")
     print(f"  all-reduce of {two['values'] / 1e6:.2f} M gradient values: "
           f"{two['all_reduce'] * 1e3:.1f} ms ({two['all_reduce'] / two['step']:.0%} of a "
           f"world-2 step)")

@@ -70,9 +70,10 @@ def init_from_env(device: torch.device) -> tuple[DistInfo, torch.device]:
         RuntimeError: the rendezvous variables are incomplete (not started by torchrun).
     """
     world = env_world_size()
-    if dist.is_available() and dist.is_initialized():
+    if dist.is_available() and dist.is_initialized():  # started by the caller (a sweep job)
         rank = dist.get_rank()
-        return DistInfo(rank, dist.get_world_size(), _local_rank(rank)), _place(device, rank)
+        local = _local_rank(rank)
+        return DistInfo(rank, dist.get_world_size(), local), _place(device, local)
     if world <= 1:
         return DistInfo(), device
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
@@ -95,9 +96,15 @@ def _local_rank(rank: int) -> int:
 
 
 def _place(device: torch.device, local_rank: int) -> torch.device:
-    if device.type == "cuda" and device.index is None and env_world_size() > 1:
-        return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
-    return device
+    if device.type != "cuda" or env_world_size() <= 1:
+        return device
+    if device.index is not None:
+        from .config import ConfigError
+
+        raise ConfigError(f"--device {device} under torchrun would put every process on one "
+                          f"GPU; give --device cuda (each process takes cuda:LOCAL_RANK), and "
+                          f"choose the GPUs with CUDA_VISIBLE_DEVICES")
+    return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
 
 
 def local_device(device: torch.device) -> torch.device:
@@ -153,22 +160,23 @@ def broadcast_buffers(*modules: nn.Module, src: int = 0) -> None:
                 dist.broadcast(tensor.data, src)
 
 
-def average_gradients(params: Iterable[torch.Tensor], extra: Sequence[float] = ()
-                      ) -> list[float]:
-    """Average ``.grad`` of ``params`` over ranks in place (params whose grad is ``None``
-    are left alone; which ones those are is the same on every rank), and sum the floats
-    ``extra`` (a step's loss and stop flag) in the same collective.
+def sum_values(values: Sequence[float]) -> list[float]:
+    """The floats ``values`` summed over ranks (a step's loss and stop flag), in float64."""
+    if world_size() == 1:
+        return list(values)
+    t = torch.tensor(list(values), dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(t)
+    return t.tolist()
 
-    Returns:
-        the summed ``extra`` values (unchanged when not distributed).
-    """
+
+def average_gradients(params: Iterable[torch.Tensor]) -> None:
+    """Average ``.grad`` of ``params`` over ranks in place. Params whose grad is ``None``
+    are left alone: which ones those are must be the same on every rank (the trainer checks
+    the loss on all ranks first, since autograd skips the backward of a non-finite one)."""
     world = world_size()
     if world == 1:
-        return list(extra)
+        return
     grads = [p.grad for p in params if p.grad is not None]
-    tail = None
-    if extra:
-        tail = torch.tensor(list(extra), dtype=torch.float64, device=_collective_device())
     for bucket in _buckets(grads):
         flat = torch.cat([g.reshape(-1).float() for g in bucket])
         dist.all_reduce(flat)
@@ -178,10 +186,6 @@ def average_gradients(params: Iterable[torch.Tensor], extra: Sequence[float] = (
             n = g.numel()
             g.copy_(flat[offset:offset + n].view_as(g))
             offset += n
-    if tail is not None:
-        dist.all_reduce(tail)
-        return tail.tolist()
-    return []
 
 
 def _buckets(grads: list[torch.Tensor]) -> list[list[torch.Tensor]]:
@@ -219,7 +223,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        grad = grad.contiguous()
+        grad = grad.clone(memory_format=torch.contiguous_format)  # autograd's may be shared
         dist.all_reduce(grad)
         start = dist.get_rank() * ctx.n
         return grad[start:start + ctx.n]
@@ -251,6 +255,15 @@ def shard_range(n: int, block: int = 1) -> range:
     return range(min(blocks * r // world * block, n), min(blocks * (r + 1) // world * block, n))
 
 
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """Rank ``src``'s ``obj`` on every rank (``obj`` itself when not distributed)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src)
+    return box[0]
+
+
 def gather_objects(obj: object) -> list[object]:
     """``obj`` of every rank, in rank order (``[obj]`` when not distributed)."""
     if world_size() == 1:
@@ -258,15 +271,6 @@ def gather_objects(obj: object) -> list[object]:
     out: list[object] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def any_rank(flag: bool) -> bool:
-    """Whether ``flag`` is true on some rank (a Ctrl-C seen by one process stops all)."""
-    if world_size() == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
 
 
 def _collective_device() -> torch.device:

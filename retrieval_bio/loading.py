@@ -9,6 +9,7 @@ torchrun's ``LOCAL_WORLD_SIZE``), at most :data:`MAX_WORKERS`. Pinned memory on 
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 import torch
@@ -53,4 +54,13 @@ def loader_options(dataset: Dataset, num_workers: int | None, device: torch.devi
     if workers > 0:
         opts["persistent_workers"] = persistent
         opts["prefetch_factor"] = 4
+        opts["worker_init_fn"] = ignore_stop_signals
     return opts
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers ignore Ctrl-C and SIGTERM: torchrun and SLURM signal every process of a
+    job, and a worker that died would fail the batch the main process still needs to finish
+    its step and write the checkpoint. The main process shuts its workers down itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -52,7 +54,9 @@ def encode(
             x = x.to(device, non_blocking=True)
             if fast:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=fast):
+            # autocast only when on: older torch refuses even a disabled one on MPS
+            with (torch.autocast("cuda", dtype=torch.float16) if fast else
+                  contextlib.nullcontext()):
                 outs.append(model(x).float().cpu())
             labels.append(y)
             ids.append(torch.as_tensor(i))

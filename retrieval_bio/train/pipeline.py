@@ -227,10 +227,12 @@ def parameter_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
             if any(True for _ in m.parameters(recurse=False))]
 
 
-def make_validate(cfg: RunConfig, splits: DatasetSplits, device: torch.device):
+def make_validate(cfg: RunConfig, splits: DatasetSplits, device: torch.device, *,
+                  amp: bool = False):
     """Per-epoch validation: accuracy (classify) or mAP@k of validation queries against
     the train split's codes (hash; the train split stands in for the database so that
-    validation stays cheap on large databases).
+    validation stays cheap on large databases). ``amp``: float16 and channels_last
+    encoding on CUDA (validation only picks the epoch; the test metrics are float32).
 
     With ``cfg.val_attack`` the validation images are also attacked (exact gradients, the
     ``adv_*`` settings, a fixed seed) and scored: ``val_adv_accuracy`` / ``val_adv_map``;
@@ -253,7 +255,8 @@ def make_validate(cfg: RunConfig, splits: DatasetSplits, device: torch.device):
         return torch.cat(outs).numpy(), torch.cat(labels).numpy()
 
     def validate_classify(model: nn.Module) -> dict[str, float]:
-        logits, labels, _ = encode(model, splits.validation, batch_size=bs, device=device)
+        logits, labels, _ = encode(model, splits.validation, batch_size=bs, device=device,
+                                   amp=amp)
         out = {"val_accuracy": accuracy(logits, labels)}
         if adversarial:
             adv_logits, adv_labels = attacked(model, splits.validation)
@@ -261,8 +264,8 @@ def make_validate(cfg: RunConfig, splits: DatasetSplits, device: torch.device):
         return out
 
     def validate_hash(model: nn.Module) -> dict[str, float]:
-        q, ql, _ = encode(model, splits.validation, batch_size=bs, device=device)
-        d, dl, _ = encode(model, splits.train, batch_size=bs, device=device)
+        q, ql, _ = encode(model, splits.validation, batch_size=bs, device=device, amp=amp)
+        d, dl, _ = encode(model, splits.train, batch_size=bs, device=device, amp=amp)
         k = retrieval_k(cfg, splits)
         db = sign_codes(d)
         out = {"val_map": float(map_at_k(sign_codes(q), db, ql, dl, k))}
@@ -359,6 +362,12 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, device: torch.device,
                           f"multiple of the {world} processes torchrun started (each takes an "
                           f"equal share); use e.g. {world * max(cfg.batch_size // world, 1)}")
     splits = load_splits(cfg)
+    if world > 1:  # each rank read the data itself: a skipped item on one would desync all
+        sizes = distributed.gather_objects(splits.sizes())
+        if any(other != sizes[0] for other in sizes):
+            raise DatasetError(f"the processes loaded different splits (sizes per rank: "
+                               f"{sizes}): an image was unreadable on some ranks only. Check "
+                               f"the files (retrieval-bio data check) and start again")
     model = build_model(cfg, splits, load_weights=not resume)
     objective = build_objective(cfg, splits)
     groups = param_groups(cfg, model, objective)
@@ -368,7 +377,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, device: torch.device,
     if not resume:  # a resumed run's fitted parts (a dictionary) come from its checkpoint
         fit_unsupervised_parts(model, eval_splits.train, cfg.seed, progress)
         refresh_statistics(model, eval_splits.train, device, cfg.batch_size)
-    validate, select = (make_validate(cfg, eval_splits, device) if learner.supervised
+    amp = cfg.amp and device.type == "cuda" and learner.uses_amp
+    validate, select = (make_validate(cfg, eval_splits, device, amp=amp) if learner.supervised
                         else (None, None))
     epoch_hooks = [lambda m, epoch: learner.epoch_metrics(m)]
     if learners.is_layer_rule(cfg.rule) and cfg.rule != "bp":
@@ -423,7 +433,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, device: torch.device,
     model.to(eval_device)
     try:
         metrics.update(evaluate_test(cfg, model, splits, eval_device,
-                                     run_dir if main else None, progress, amp=trainer.amp))
+                                     run_dir if main else None, progress))
     except DatasetError as e:
         if main:
             update_metrics(run_dir, **metrics)

@@ -200,6 +200,13 @@ class Trainer:
         """
         if resume:
             self.load(self._path(CHECKPOINT))
+        try:
+            self._fit()
+        finally:
+            self._data = None  # the loader's persistent workers end with it
+        return self.state
+
+    def _fit(self) -> None:
         with _GracefulInterrupt() as interrupt:
             while self.state.epoch < self.epochs:
                 try:
@@ -225,7 +232,6 @@ class Trainer:
         if self._best_state is not None:
             self.model.load_state_dict(self._best_state["model"])
             self.objective.load_state_dict(self._best_state["objective"])
-        return self.state
 
     def save(self, path: Path) -> None:
         s = self.state
@@ -362,11 +368,14 @@ class Trainer:
         ctx.epoch, ctx.global_step = self.state.epoch, self.state.global_step
         value = self.learner.training_step(self.model, self.objective, images, labels, ctx)
         if self.world > 1:
-            loss_sum, stops = distributed.average_gradients(
-                () if self.learner.syncs_gradients else self._params,
-                extra=(0.0 if value is None else value, float(stop)))
+            # the loss first: a rank whose loss is not finite skipped its backward, so its
+            # gradients must not meet the others' in the reduction below
+            loss_sum, stops = distributed.sum_values((0.0 if value is None else value,
+                                                      float(stop)))
             value = None if value is None else loss_sum / self.world
             stop = stops > 0
+            if (value is None or math.isfinite(value)) and not self.learner.syncs_gradients:
+                distributed.average_gradients(self._params)
         if value is not None and not math.isfinite(value):
             raise NonFiniteLossError(
                 f"loss is {value} at epoch {self.state.epoch + 1}, step {self.state.step + 1} "
@@ -456,7 +465,9 @@ class Trainer:
             self.model.eval()
             self.objective.eval()
             with torch.no_grad():
-                entry.update(self.validate(self.model))
+                # rank 0's numbers decide for all: an attacked validation (cuDNN, the sign
+                # of a near-zero gradient) could otherwise pick other epochs on other ranks
+                entry.update(distributed.broadcast_object(self.validate(self.model)))
         for hook in self.epoch_hooks:
             entry.update(hook(self.model, s.epoch + 1))
         self._warn_at_chance(entry)
@@ -542,7 +553,7 @@ class _GracefulInterrupt:
     """Turns the first Ctrl-C (SIGINT) or SIGTERM (sent by SLURM before a time limit or a
     preemption, and by torchrun to stop its workers) into a flag checked between steps, so
     the checkpoint written on interrupt never holds a half-applied optimiser step. A second
-    signal raises ``KeyboardInterrupt`` at once. Outside the main thread it does nothing."""
+    Ctrl-C raises ``KeyboardInterrupt`` at once. Outside the main thread it does nothing."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -552,7 +563,10 @@ class _GracefulInterrupt:
 
     def _handler(self, signum, frame) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            # only a person presses twice; SIGTERM may come twice at once (srun + torchrun)
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.requested = True
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         log.warning("%s: stopping after this step (press Ctrl-C again to stop at once)", name)

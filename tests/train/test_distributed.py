@@ -282,3 +282,32 @@ def test_pepita_and_ep_gradients_are_averaged_like_autograd(tmp_path, rule):
         assert got.keys() == ref.keys()
         for k in ref:
             assert _relative(got[k], ref[k]) <= TOL, k
+
+
+class _NanOnRank1(torch.nn.Module):
+    def forward(self, out, labels):
+        loss = torch.nn.functional.cross_entropy(out, labels.argmax(1))
+        return loss * float("nan") if distributed.rank() == 1 else loss
+
+
+def _nan_ranks(rank: int, world: int, out: str) -> None:
+    from retrieval_bio.train import NonFiniteLossError
+
+    model = _encoder()
+    trainer = Trainer(model, _NanOnRank1(), _dataset(), param_groups=[
+        {"params": list(model.parameters())}], epochs=1, batch_size=4)
+    x, y = _dataset().images[rank * 2:(rank + 1) * 2], _dataset().labels[rank * 2:(rank + 1) * 2]
+    try:
+        trainer._train_step(x, y)
+        result = "no error"
+    except NonFiniteLossError as e:
+        result = str(e)
+    Path(f"{out}.{rank}").write_text(result)
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_cleanly(tmp_path):
+    """Autograd skips the backward of a non-finite loss, so that rank has no gradients; the
+    loss is reduced first and every rank raises, instead of a broken reduction."""
+    _spawn(_nan_ranks, 2, str(tmp_path / "nan"))
+    for r in range(2):
+        assert "loss is nan" in (tmp_path / f"nan.{r}").read_text()

@@ -127,3 +127,22 @@ def test_augmentation_does_not_depend_on_loader_workers(tmp_path):
     # a new draw each epoch, the same draw for the same (epoch, item)
     assert not all(torch.equal(items[(0, i)][0], items[(1, i)][0]) for i in range(10))
     assert all(torch.equal(items[(1, i)][0], items[(1, i)][0]) for i in range(10))
+
+
+def test_loader_workers_survive_the_signals_that_stop_a_run():
+    """torchrun and SLURM signal every process of a job: the workers ignore it, so the main
+    process can finish its step (and write its checkpoint) with the batches it needs."""
+    import os
+
+    from torch.utils.data import DataLoader
+
+    from retrieval_bio.loading import loader_options
+
+    data = _augmented(32)
+    loader = DataLoader(data, batch_size=4, **loader_options(data, 2, torch.device("cpu")))
+    it = iter(loader)
+    next(it)
+    for worker in it._workers:
+        os.kill(worker.pid, signal.SIGTERM)
+        os.kill(worker.pid, signal.SIGINT)
+    assert len(list(it)) == 7
