@@ -11,7 +11,7 @@ what "finished" means and the summaries they write differ, and stay in their mod
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +20,7 @@ import yaml
 
 from .config import ConfigError, RunConfig, build_config, load_yaml, resume_config
 from .progress import Progress
-from .runs import CONFIG, RunFolderError, writable_dir
+from .runs import CONFIG, RunFolderError, read_json, writable_dir
 
 #: config keys that may differ between a finished run and its cell (they change neither
 #: the math nor the data of the run)
@@ -209,3 +209,18 @@ __all__ = [
     "check_same_run", "failure_message", "load_grid_file", "no_duplicates", "out_folder",
     "raise_cell_errors", "train_cell",
 ]
+
+
+def attack_reports(run_dir: Path, attack: str, settings: dict[str, Any]
+                   ) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """``(path, report)`` of every readable ``attack-ATTACK-*.json`` in ``run_dir`` whose
+    ``settings`` hold every key of ``settings`` with that value, in file-name order (a
+    damaged report is passed over: the attack workflow rewrites it)."""
+    for path in sorted(Path(run_dir).glob(f"attack-{attack}-*.json")):
+        try:
+            report = read_json(path)
+        except RunFolderError:
+            continue
+        have = report.get("settings") or {}
+        if all(have.get(k) == v for k, v in settings.items()):
+            yield path, report

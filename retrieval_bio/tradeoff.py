@@ -26,6 +26,7 @@ import numpy as np
 from .config import ConfigError, RunConfig
 from .grids import IGNORED_KEYS as IGNORED_KEYS  # kept importable from here
 from .grids import (
+    attack_reports,
     base_config,
     check_mapping,
     check_out_writable,
@@ -365,14 +366,7 @@ def _same_settings(run_dir: Path, attack: AttackSpec):
     want = {"attack": attack.name, "steps": attack.steps, "preset": None,
             "num_images": attack.num_images, "seed": ATTACK_SEED, "weights": "best",
             "attack_kwargs": attack.attack_kwargs()}
-    for path in sorted(run_dir.glob(f"attack-{attack.name}-*.json")):
-        try:
-            report = read_json(path)
-        except RunFolderError:
-            continue
-        settings = report.get("settings") or {}
-        if all(settings.get(k) == v for k, v in want.items()):
-            yield path, report
+    yield from attack_reports(run_dir, attack.name, want)
 
 
 def _digest(report: Mapping[str, Any]) -> str | None:

@@ -48,13 +48,8 @@ def _grid_file(tmp: Path, filename: str = "grid.yaml", **keys) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train fastest on one thread, and fight other processes least."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+#: tiny models train fastest on one thread, and fight other processes least
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Calls:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
+from ..grids import attack_reports
 from ..runs import (
     CHECKPOINT,
     METRICS,
@@ -63,14 +64,7 @@ def find_attack_report(run_dir: str | Path, cfg: RunConfig, attack: SweepAttack
     else:  # BP-like: the sources coincide and attack_run computes the first only
         expected = list(attack.grads)[:1]
     stale = False
-    for path in sorted(run_dir.glob(f"attack-{attack.name}-*.json")):
-        try:
-            report = read_json(path)
-        except RunFolderError:
-            continue
-        settings = report.get("settings") or {}
-        if any(settings.get(k) != v for k, v in want.items()):
-            continue
+    for path, report in attack_reports(run_dir, attack.name, want):
         if (report.get("weights") or {}).get("sha256") != digest:
             stale = True
             continue
