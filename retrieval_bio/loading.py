@@ -54,13 +54,13 @@ def loader_options(dataset: Dataset, num_workers: int | None, device: torch.devi
     if workers > 0:
         opts["persistent_workers"] = persistent
         opts["prefetch_factor"] = 4
-        opts["worker_init_fn"] = ignore_stop_signals
+        opts["worker_init_fn"] = ignore_ctrl_c
     return opts
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """Loader workers ignore Ctrl-C and SIGTERM: torchrun and SLURM signal every process of a
-    job, and a worker that died would fail the batch the main process still needs to finish
-    its step and write the checkpoint. The main process shuts its workers down itself."""
+def ignore_ctrl_c(worker_id: int) -> None:
+    """Loader workers ignore Ctrl-C, which a terminal sends to every process of the job: the
+    main process stops after its step and shuts the workers down itself. (SIGTERM stays
+    deadly: it is how their parent ends them; the trainer treats workers that a SIGTERM
+    killed during a requested stop as the end of the epoch's data.)"""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)

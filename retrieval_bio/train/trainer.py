@@ -328,7 +328,7 @@ class Trainer:
         self.progress.advance(s.step)
         t0 = time.perf_counter() - s.epoch_time
         try:
-            for images, labels, _ in loader:
+            for images, labels, _ in _until_stopped(loader, interrupt):
                 if self.world == 1 and interrupt.requested:
                     return None
                 loss, stop = self._train_step(images, labels, interrupt.requested)
@@ -345,7 +345,7 @@ class Trainer:
                                       images_per_s=s.epoch_seen / max(s.epoch_time, 1e-9))
                 if stop and s.step < total:  # a Ctrl-C on some rank, seen by all at once
                     return None
-            if self.world == 1 and interrupt.requested and s.step < total:
+            if interrupt.requested and s.step < total:  # (or the loader died with the signal)
                 return None
         finally:
             self.progress.stop()
@@ -507,6 +507,23 @@ class Trainer:
         a staged part says no before its final stage (a front end not yet quantised)."""
         return all(m.is_selectable(epoch) for m in self.model.modules()
                    if callable(getattr(m, "is_selectable", None)))
+
+
+def _until_stopped(loader: DataLoader, interrupt: _GracefulInterrupt):
+    """The loader's batches; when a stop was requested and the workers died (SLURM and
+    torchrun send SIGTERM to every process of the job), the batches end there, and the
+    trainer stops between two steps as for any interrupt."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError:
+            if interrupt.requested:
+                return
+            raise
+        yield batch
 
 
 class _Keys:

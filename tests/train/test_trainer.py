@@ -129,9 +129,9 @@ def test_augmentation_does_not_depend_on_loader_workers(tmp_path):
     assert all(torch.equal(items[(1, i)][0], items[(1, i)][0]) for i in range(10))
 
 
-def test_loader_workers_survive_the_signals_that_stop_a_run():
-    """torchrun and SLURM signal every process of a job: the workers ignore it, so the main
-    process can finish its step (and write its checkpoint) with the batches it needs."""
+def test_loader_workers_ignore_ctrl_c():
+    """A terminal's Ctrl-C reaches every process of the job: the workers ignore it, so the
+    main process can finish its step (and write its checkpoint) with the batches it needs."""
     import os
 
     from torch.utils.data import DataLoader
@@ -143,6 +143,38 @@ def test_loader_workers_survive_the_signals_that_stop_a_run():
     it = iter(loader)
     next(it)
     for worker in it._workers:
-        os.kill(worker.pid, signal.SIGTERM)
         os.kill(worker.pid, signal.SIGINT)
     assert len(list(it)) == 7
+
+
+def test_sigterm_to_the_whole_job_stops_between_steps_and_resumes(tmp_path):
+    """SLURM and torchrun send SIGTERM to every process, loader workers included: the run
+    still stops between two steps with a checkpoint that resumes exactly."""
+    import os
+
+    def make(hooks=()):
+        model = _model()
+        trainer = Trainer(model, _CE(), _augmented(), param_groups=[
+            {"params": list(model.parameters()), "lr": 1e-2}], epochs=2, batch_size=8, seed=3,
+            num_workers=2, run_dir=tmp_path / "run", step_hooks=hooks)
+        return model, trainer
+
+    def sigterm_all(model, opt) -> None:
+        sigterm_all.calls += 1
+        if sigterm_all.calls == 3:
+            for worker in trainer._data._iterator._workers:
+                os.kill(worker.pid, signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    sigterm_all.calls = 0
+    model, trainer = make([sigterm_all])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT)["global_step"] == 3
+    resumed, trainer = make()
+    trainer.fit(resume=True)
+    ref = _model()
+    Trainer(ref, _CE(), _augmented(), param_groups=[{"params": list(ref.parameters()),
+            "lr": 1e-2}], epochs=2, batch_size=8, seed=3, num_workers=0).fit()
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
