@@ -12,11 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import CtrlCAt
+from helpers import RunCalls
 from typer.testing import CliRunner
 
-import retrieval_bio.train as train_module
-import retrieval_bio.workflows as workflows_module
 from retrieval_bio.cli import app
 from retrieval_bio.config import ConfigError
 from retrieval_bio.runs import BEST, CHECKPOINT, METRICS, RunFolderError, read_json, run_finished
@@ -50,30 +48,6 @@ def _grid_file(tmp: Path, filename: str = "grid.yaml", **keys) -> Path:
 
 #: tiny models train fastest on one thread, and fight other processes least
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class Calls:
-    """Wraps ``train_run`` and ``attack_run`` where the sweep looks them up, recording which
-    cells train (and whether they resume) and which are attacked."""
-
-    def __init__(self, monkeypatch, interrupt: str | None = None) -> None:
-        self.trained: list[tuple[str, bool]] = []
-        self.attacked: list[str] = []
-        real_train, real_attack = train_module.train_run, workflows_module.attack_run
-
-        def train_run(cfg, *, resume=False, progress=None, step_hooks=()):
-            name = Path(cfg.out).name
-            self.trained.append((name, resume))
-            hooks = [CtrlCAt(5)] if name == interrupt and not resume else []
-            return real_train(cfg, resume=resume, progress=progress,
-                              step_hooks=[*step_hooks, *hooks])
-
-        def attack_run(run_dir, *args, **kwargs):
-            self.attacked.append(Path(run_dir).name)
-            return real_attack(run_dir, *args, **kwargs)
-
-        monkeypatch.setattr(train_module, "train_run", train_run)
-        monkeypatch.setattr(workflows_module, "attack_run", attack_run)
 
 
 # -- the grid -----------------------------------------------------------------------------
@@ -232,7 +206,7 @@ def test_a_rerun_skips_finished_cells_and_retries_failed_ones(ran, monkeypatch):
     files = [grid.out / n / f for n in GOOD for f in (BEST, CHECKPOINT, METRICS)]
     files += [Path(a["report"]) for c in first["cells"] for a in c["attacks"]]
     stamps = {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in files}
-    calls = Calls(monkeypatch)
+    calls = RunCalls(monkeypatch)
     again = run_sweep(grid)
     assert calls.trained == [(BAD, False)] and calls.attacked == []
     assert {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in files} == stamps
@@ -253,7 +227,7 @@ def test_an_attack_added_to_the_grid_runs_once_on_the_finished_cells(ran, tmp_pa
     shutil.copytree(grid.out, out)
     more = {**PGD, "eps": [0.03, 0.06], "label": "pgd-2eps"}
     spec = load_grid(_grid_file(tmp_path, attacks=[PGD, more], out=str(out)))
-    calls = Calls(monkeypatch)
+    calls = RunCalls(monkeypatch)
     result = run_sweep(spec, only="lr_head=0.0*")
     assert calls.trained == [] and calls.attacked == list(GOOD)
     for rec in result["cells"][:2]:
@@ -263,7 +237,7 @@ def test_an_attack_added_to_the_grid_runs_once_on_the_finished_cells(ran, tmp_pa
         assert rec["status"] == "done" and rec["train"] == "skipped"
     # a cell left out keeps what the earlier sweep recorded
     assert result["selected"] == list(GOOD) and result["cells"][2]["status"] == "failed"
-    calls = Calls(monkeypatch)
+    calls = RunCalls(monkeypatch)
     result = run_sweep(spec, only="lr_head=0.0*")
     assert calls.attacked == [] and result["counts"] == {"skipped": 2, "failed": 1}
 
@@ -334,7 +308,7 @@ def test_cli_runs_a_grid_continues_after_ctrl_c_and_lists_cells(tmp_path, monkey
     assert not out.exists()
 
     # Ctrl-C in the middle of the second cell's training
-    Calls(monkeypatch, interrupt="fa")
+    RunCalls(monkeypatch, interrupt="fa")
     r = runner.invoke(app, ["sweep", str(path), "--device", "cpu"])
     assert r.exit_code == 130, r.output
     assert "run the same command again" in r.output.lower()
@@ -345,7 +319,7 @@ def test_cli_runs_a_grid_continues_after_ctrl_c_and_lists_cells(tmp_path, monkey
     assert r.exit_code == 0 and "1 of 2 cells finished" in r.output and "partial" in r.output
 
     # the same command again: bp is skipped, fa resumes from its checkpoint
-    calls = Calls(monkeypatch)
+    calls = RunCalls(monkeypatch)
     r = runner.invoke(app, ["sweep", str(path)], env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
     assert calls.trained == [("fa", True)]

@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import PNG_SIGNATURE, CtrlCAt
+from helpers import PNG_SIGNATURE, RunCalls
 from typer.testing import CliRunner
 
-import retrieval_bio.train as train_module
-import retrieval_bio.workflows as workflows_module
 from retrieval_bio.cli import app
 from retrieval_bio.config import ConfigError, build_config
 from retrieval_bio.runs import BEST, CHECKPOINT, METRICS, read_json
@@ -44,30 +42,6 @@ def _two_threads():
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(prev)
-
-
-class Calls:
-    """Wraps ``train_run`` and ``attack_run`` where the tradeoff module looks them up,
-    recording which cells train (and whether they resume) and which are attacked."""
-
-    def __init__(self, monkeypatch, interrupt: str | None = None, at_step: int = 5) -> None:
-        self.trained: list[tuple[str, bool]] = []
-        self.attacked: list[str] = []
-        real_train, real_attack = train_module.train_run, workflows_module.attack_run
-
-        def train_run(cfg, *, resume=False, progress=None, step_hooks=()):
-            name = Path(cfg.out).name
-            self.trained.append((name, resume))
-            hooks = [CtrlCAt(at_step)] if name == interrupt and not resume else []
-            return real_train(cfg, resume=resume, progress=progress,
-                              step_hooks=[*step_hooks, *hooks])
-
-        def attack_run(run_dir, *args, **kwargs):
-            self.attacked.append(Path(run_dir).name)
-            return real_attack(run_dir, *args, **kwargs)
-
-        monkeypatch.setattr(train_module, "train_run", train_run)
-        monkeypatch.setattr(workflows_module, "attack_run", attack_run)
 
 
 # -- the grid -----------------------------------------------------------------------------
@@ -228,7 +202,7 @@ def test_a_rerun_skips_finished_cells_and_retries_failed_ones(ran, monkeypatch):
     files = [c.run_dir / f for c in finished for f in (BEST, CHECKPOINT, METRICS)]
     files += [Path(r["report"]) for r in first["cells"] if r["status"] == "computed"]
     stamps = {f: f.stat().st_mtime_ns for f in files}
-    calls = Calls(monkeypatch)
+    calls = RunCalls(monkeypatch)
     again = run_tradeoff(grid)
     assert calls.trained == [(c.name, False) for c in grid.cells if c.lr == DIVERGING_LR]
     assert calls.attacked == []
@@ -265,7 +239,7 @@ def test_cli_runs_a_grid_continues_after_ctrl_c_and_lists_cells(tmp_path, monkey
     assert "0 of 2 cells finished" in r.output and not out.exists()
 
     # Ctrl-C in the middle of the second cell's training
-    calls = Calls(monkeypatch, interrupt="fa-lr0.003-s0")
+    calls = RunCalls(monkeypatch, interrupt="fa-lr0.003-s0")
     r = runner.invoke(app, ["tradeoff", str(path), "--device", "cpu"])
     assert r.exit_code == 130, r.output
     assert "finished cells (1 of 2): bp-lr0.003-s0" in r.output
@@ -278,7 +252,7 @@ def test_cli_runs_a_grid_continues_after_ctrl_c_and_lists_cells(tmp_path, monkey
     assert "partial" in r.output and "finished" in r.output
 
     # the same command again: bp is skipped, fa resumes from its checkpoint
-    calls = Calls(monkeypatch)
+    calls = RunCalls(monkeypatch)
     r = runner.invoke(app, ["tradeoff", str(path), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert calls.trained == [("fa-lr0.003-s0", True)]
