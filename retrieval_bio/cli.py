@@ -1088,6 +1088,17 @@ def list_cmd(
             print_table(name, ["name", "description"], rows)
 
 
+def _print_cell_states(title: str, rows: list[dict[str, Any]], finished: str, where: str
+                       ) -> None:
+    """A grid runner's ``--dry-run``: each cell's state, then how many are finished."""
+    from .ui import print_table
+
+    print_table(title, ["cell", "state", "detail"],
+                [(r["cell"], r["state"], r["detail"]) for r in rows])
+    done = sum(r["state"] == finished for r in rows)
+    _say(f"{done} of {len(rows)} cells finished; {where}", err=False)
+
+
 @app.command("tradeoff")
 def tradeoff_cmd(
     grid: Path = typer.Argument(..., help="Grid YAML: base config, rules, lrs, seeds, attack, "
@@ -1112,12 +1123,9 @@ def tradeoff_cmd(
     if dry_run:
         with _guard():
             rows = grid_status(spec)
-        print_table(f"tradeoff {grid}: {len(rows)} cells, {spec.attack.describe()}",
-                    ["cell", "state", "detail"],
-                    [(r["cell"], r["state"], r["detail"]) for r in rows])
-        done = sum(r["state"] == "finished" for r in rows)
-        _say(f"{done} of {len(rows)} cells finished; run folders {spec.out}/<cell>, results "
-             f"{spec.out / 'tradeoff.json'}", err=False)
+        _print_cell_states(f"tradeoff {grid}: {len(rows)} cells, {spec.attack.describe()}",
+                           rows, "finished", f"run folders {spec.out}/<cell>, results "
+                           f"{spec.out / 'tradeoff.json'}")
         return
 
     def show(record: dict[str, Any]) -> None:
@@ -1204,11 +1212,8 @@ def sweep_cmd(
             rows = sweep_status(spec, only)
     attacks = ", ".join(a.label for a in spec.attacks) or "no attacks"
     if dry_run:
-        print_table(f"sweep {grid}: {len(rows)} cells, {attacks}", ["cell", "state", "detail"],
-                    [(r["cell"], r["state"], r["detail"]) for r in rows])
-        done = sum(r["state"] == FINISHED for r in rows)
-        _say(f"{done} of {len(rows)} cells finished; run folders {spec.out}/<cell>, status "
-             f"{spec.out / 'sweep.json'}", err=False)
+        _print_cell_states(f"sweep {grid}: {len(rows)} cells, {attacks}", rows, FINISHED,
+                           f"run folders {spec.out}/<cell>, status {spec.out / 'sweep.json'}")
         return
 
     def show(record: dict[str, Any]) -> None:
