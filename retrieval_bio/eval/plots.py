@@ -335,20 +335,12 @@ def _finite(v: Any) -> float:
     return v if math.isfinite(v) else float("nan")
 
 
-def _layers(runs: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """The layer names of every run, in first-seen order."""
-    layers: list[str] = []
-    for res in runs.values():
-        layers.extend(n for n in res if n not in layers)
-    return layers
-
-
 def _layer_plot(
     path: str | Path, runs: Mapping[str, Mapping[str, Any]], value: Any, ylabel: str,
     title: str, *, ylim: tuple[float, float] | None = None, note: str | None = None,
 ) -> Path:
     """One line per run of ``value(result_of_layer)`` against the layer (names as ticks)."""
-    layers = _layers(runs)
+    layers = _inner_keys(runs)  # every run's layers, first-seen order
     path = Path(path)
     fig, ax = plt.subplots(figsize=(max(6.4, 0.32 * len(layers) + 2.5), 4.4), dpi=120)
     with _closed_on_error(fig):
@@ -427,7 +419,7 @@ def layer_histograms_plot(
     import numpy as np
 
     runs = _runs(values, lambda d: not isinstance(_first_value(d), Mapping), label)
-    layers = _layers(runs)
+    layers = _inner_keys(runs)  # every run's layers, first-seen order
     path = Path(path)
     fig, axes = _grid(len(layers), cols)
     with _closed_on_error(fig):
@@ -475,7 +467,7 @@ def spectrum_plot(
     import numpy as np
 
     runs = _runs(spectra, lambda d: not isinstance(_first_value(d), Mapping), label)
-    layers = _layers(runs)
+    layers = _inner_keys(runs)  # every run's layers, first-seen order
     path = Path(path)
     fig, axes = _grid(len(layers), cols)
     with _closed_on_error(fig):
@@ -622,7 +614,8 @@ def jacobian_histogram_plot(
 
 
 def _inner_keys(data: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """The keys of the inner mappings (run -> {attack: ...}), first-seen order, once each."""
+    """The keys of the inner mappings (run -> {attack or layer: ...}), first-seen order,
+    once each."""
     keys: list[str] = []
     for inner in data.values():
         keys.extend(k for k in inner if k not in keys)
