@@ -224,7 +224,20 @@ class Trainer:
                         log.warning("interrupted at epoch %d step %d; checkpoint written to %s",
                                     self.state.epoch + 1, self.state.step, self.run_dir)
                     raise KeyboardInterrupt
-                self._end_epoch(train_stats)
+                rng = rng_state()  # validation may draw (a loader's seed)
+                try:
+                    self._end_epoch(train_stats)
+                except _WORKER_DEATH as err:
+                    if not interrupt.requested:
+                        raise
+                    # The job's SIGTERM killed the validation loader's workers. The state
+                    # is that of the epoch's last step, so keep it: a resume validates again.
+                    set_rng_state(rng)
+                    if self._writes:
+                        self.save(self._path(CHECKPOINT))
+                        log.warning("interrupted while validating epoch %d (%s); checkpoint "
+                                    "written to %s", self.state.epoch + 1, err, self.run_dir)
+                    raise KeyboardInterrupt from err
         if self.select_metric is not None and self._best_state is None and self.run_dir:
             best_path = self._path(BEST)
             if best_path.is_file():
@@ -328,9 +341,8 @@ class Trainer:
         self.progress.advance(s.step)
         t0 = time.perf_counter() - s.epoch_time
         try:
-            for images, labels, _ in _until_stopped(loader, interrupt):
-                if self.world == 1 and interrupt.requested:
-                    return None
+            for images, labels, _ in _until_stopped(loader, interrupt,
+                                                    stop_first=self.world == 1):
                 loss, stop = self._train_step(images, labels, interrupt.requested)
                 s.epoch_loss_sum += (loss or 0.0) * images.shape[0] * self.world
                 s.epoch_seen += images.shape[0] * self.world
@@ -354,7 +366,6 @@ class Trainer:
                  "images_per_s": s.epoch_seen / max(s.epoch_time, 1e-9)}
         if self.schedule is not None:
             stats["lr"] = [g["lr"] for g in self.optimizer.param_groups]
-        s.epoch_loss_sum, s.epoch_seen, s.epoch_time = 0.0, 0, 0.0
         return stats
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor, stop: bool = False
@@ -474,6 +485,7 @@ class Trainer:
         s.history.append(entry)
         s.epoch += 1
         s.step = 0
+        s.epoch_loss_sum, s.epoch_seen, s.epoch_time = 0.0, 0, 0.0
         improved = False
         if self.select_metric is not None:
             value = entry.get(self.select_metric)
@@ -509,17 +521,29 @@ class Trainer:
                    if callable(getattr(m, "is_selectable", None)))
 
 
-def _until_stopped(loader: DataLoader, interrupt: _GracefulInterrupt):
-    """The loader's batches; when a stop was requested and the workers died (SLURM and
-    torchrun send SIGTERM to every process of the job), the batches end there, and the
-    trainer stops between two steps as for any interrupt."""
+#: how a DataLoader worker's death shows in the main process: ``RuntimeError`` between
+#: batches, ``OSError`` (connection reset) or ``EOFError`` while it hands one over
+_WORKER_DEATH = (RuntimeError, OSError, EOFError)
+
+
+def _until_stopped(loader: DataLoader, interrupt: _GracefulInterrupt, *, stop_first: bool):
+    """The loader's batches. With ``stop_first`` (one process) a requested stop ends them
+    before the next batch is fetched; under torchrun every rank fetches and runs its step,
+    and the ranks agree on the stop in that step's reduction. When a stop was requested and
+    the workers died (SLURM and torchrun send SIGTERM to every process of the job), the
+    batches end there too, and the trainer stops between two steps as for any interrupt.
+
+    The batch lost with the workers is not needed: the checkpoint records the step, and a
+    resumed run draws that batch again."""
     it = iter(loader)
     while True:
+        if stop_first and interrupt.requested:
+            return
         try:
             batch = next(it)
         except StopIteration:
             return
-        except RuntimeError:
+        except _WORKER_DEATH:
             if interrupt.requested:
                 return
             raise

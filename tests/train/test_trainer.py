@@ -59,6 +59,55 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, stop_after, sig)
         assert torch.equal(a, b), k
 
 
+def test_sigterm_that_kills_the_validation_workers_keeps_the_epoch(tmp_path):
+    """SLURM's SIGTERM during validation kills the validation loader's workers: the run
+    stops with the epoch's training kept, and the resumed run validates it again and ends
+    as the uninterrupted one (weights and every epoch's loss and metric)."""
+    import os
+
+    from torch.utils.data import DataLoader
+
+    from retrieval_bio.loading import loader_options
+
+    val = _data(48, seed=1)
+
+    def validate(model, sigterm_at=None):
+        validate.calls += 1
+        loader = DataLoader(val, batch_size=8, **loader_options(
+            val, 2, torch.device("cpu"), persistent=True))
+        it = iter(loader)
+        correct = 0
+        for i, (x, y, _) in enumerate(it):
+            if validate.calls == sigterm_at and i == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+                for worker in it._workers:
+                    os.kill(worker.pid, signal.SIGTERM)
+                for worker in it._workers:  # dead before the next batch is asked for
+                    worker.join(timeout=10)
+            correct += int((model(x).argmax(1) == y.argmax(1)).sum())
+        return {"acc": correct / len(val)}
+
+    def run(model, run_dir, sigterm_at=None):
+        validate.calls = 0
+        return Trainer(model, _CE(), _data(), param_groups=[{
+            "params": list(model.parameters()), "lr": 1e-2}], epochs=3, batch_size=16,
+            seed=3, run_dir=run_dir, select_metric="acc",
+            validate=lambda m: validate(m, sigterm_at))
+
+    ref = _model()
+    ref_state = run(ref, tmp_path / "ref").fit()
+    with pytest.raises(KeyboardInterrupt):
+        run(_model(), tmp_path / "run", sigterm_at=2).fit()
+    ckpt = load_checkpoint(tmp_path / "run" / CHECKPOINT)
+    assert (ckpt["epoch"], ckpt["step"], len(ckpt["history"])) == (1, 6, 1)
+    resumed = _model()
+    state = run(resumed, tmp_path / "run").fit(resume=True)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    for a, b in zip(ref_state.history, state.history, strict=True):
+        assert (a["loss"], a["acc"]) == (b["loss"], b["acc"])
+
+
 def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path):
     path = tmp_path / "checkpoint.pt"
     atomic_torch_save({"w": torch.arange(5)}, path)
@@ -145,6 +194,54 @@ def test_loader_workers_ignore_ctrl_c():
     for worker in it._workers:
         os.kill(worker.pid, signal.SIGINT)
     assert len(list(it)) == 7
+
+
+def _batches_then(error: BaseException, n: int = 2):
+    yield from range(n)
+    raise error
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("DataLoader worker (pid(s) 1) exited unexpectedly"),
+    ConnectionResetError(104, "Connection reset by peer"), EOFError()])
+def test_a_loader_that_dies_during_a_requested_stop_ends_the_batches(error):
+    """A worker killed by the job's SIGTERM shows as any of these, depending on whether it
+    died between batches or while handing one over: with a stop requested, the batches end;
+    without one, the error is the user's to see."""
+    from retrieval_bio.train.trainer import _GracefulInterrupt, _until_stopped
+
+    interrupt = _GracefulInterrupt()
+    with pytest.raises(type(error)):
+        list(_until_stopped(_batches_then(error), interrupt, stop_first=False))
+    interrupt.requested = True
+    assert list(_until_stopped(_batches_then(error), interrupt, stop_first=False)) == [0, 1]
+    assert list(_until_stopped(_batches_then(error), interrupt, stop_first=True)) == []
+
+
+def test_real_workers_killed_with_batches_in_flight_end_a_stopped_epoch():
+    """The race the CI met: workers SIGTERMed while their prefetched batches wait in the
+    queue. Whichever way their death shows, a requested stop ends the batches cleanly."""
+    import os
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from retrieval_bio.loading import loader_options
+    from retrieval_bio.train.trainer import _GracefulInterrupt, _until_stopped
+
+    data = TensorDataset(torch.randn(64, 3, 8, 8), torch.arange(64))
+    for _ in range(4):
+        loader = DataLoader(data, batch_size=4, **loader_options(
+            data, 2, torch.device("cpu"), persistent=True))
+        interrupt = _GracefulInterrupt()
+        batches = _until_stopped(loader, interrupt, stop_first=False)
+        next(batches)
+        workers = loader._iterator._workers
+        interrupt.requested = True
+        for worker in workers:
+            os.kill(worker.pid, signal.SIGTERM)
+        assert len(list(batches)) < 15
+        for worker in workers:
+            worker.join(timeout=10)
 
 
 def test_sigterm_to_the_whole_job_stops_between_steps_and_resumes(tmp_path):
