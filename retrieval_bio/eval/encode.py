@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -42,10 +43,7 @@ def encode(
     if fast:
         model.to(memory_format=torch.channels_last)
     progress = ensure(progress)
-    part = dataset
-    if distributed.world_size() > 1:
-        part = Subset(dataset, distributed.shard_range(len(dataset), batch_size))  # type: ignore
-    loader = DataLoader(part, batch_size=batch_size, shuffle=False,
+    loader = DataLoader(_share(dataset, batch_size), batch_size=batch_size, shuffle=False,
                         **loader_options(dataset, num_workers, device))
     outs, labels, ids = [], [], []
     progress.start(description, len(loader))
@@ -64,6 +62,54 @@ def encode(
     finally:
         progress.stop()
         model.train(was_training)
+    return _gathered(outs, labels, ids)  # type: ignore[return-value]
+
+
+def encode_attacked(
+    model: nn.Module, attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    dataset: Dataset, *, batch_size: int = 256, device: torch.device | str = "cpu",
+    num_workers: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Model outputs for the adversarial images ``attack(x, y)`` of every item of
+    ``dataset``, in dataset order (the model in eval mode; the attack computes its own
+    gradients). ``x`` is ``(B, C, H, W)`` in [0, 1], ``y`` the ``(B, C)`` labels.
+
+    Sharded over ranks as :func:`encode` is. Each batch holds the items it holds in one
+    process, and the toolkit's attacks reseed at every call, so the result is bit-identical
+    to one process's.
+
+    Returns:
+        ``outputs`` float32 ``(N, D)`` and ``labels`` float32 ``(N, C)``.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(_share(dataset, batch_size), batch_size=batch_size, shuffle=False,
+                        **loader_options(dataset, num_workers, device))
+    outs, labels, ids = [], [], []
+    try:
+        for x, y, i in loader:
+            adv = attack(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+            with torch.no_grad():
+                outs.append(model(adv).float().cpu())
+            labels.append(y)
+            ids.append(torch.as_tensor(i))
+    finally:
+        model.train(was_training)
+    return _gathered(outs, labels, ids)[:2]  # type: ignore[return-value]
+
+
+def _share(dataset: Dataset, batch_size: int) -> Dataset:
+    """This rank's contiguous share of whole batches (``dataset`` itself in one process)."""
+    if distributed.world_size() == 1:
+        return dataset
+    return Subset(dataset, distributed.shard_range(len(dataset), batch_size))  # type: ignore
+
+
+def _gathered(outs: list[torch.Tensor], labels: list[torch.Tensor], ids: list[torch.Tensor]
+              ) -> tuple[np.ndarray, ...]:
+    """``(outputs, labels, ids)`` of this rank's batches, then, under data parallelism, of
+    every rank's share in rank order (each rank receives all items)."""
     if not ids:  # this rank's share is empty (fewer items than ranks)
         out = (np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32),
                np.zeros(0, np.int64))
@@ -73,7 +119,7 @@ def encode(
     if distributed.world_size() == 1:
         return out
     shares = [s for s in distributed.gather_objects(out) if len(s[2])]  # rank order
-    return tuple(np.concatenate([s[j] for s in shares]) for j in range(3))  # type: ignore
+    return tuple(np.concatenate([s[j] for s in shares]) for j in range(3))
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -25,7 +25,7 @@ from .. import datasets, distributed, learners, rules
 from ..config import DYNAMICS, ConfigError, RunConfig
 from ..datasets import DatasetError, DatasetSplits
 from ..eval import map_at_k
-from ..eval.encode import accuracy, encode
+from ..eval.encode import accuracy, encode, encode_attacked
 from ..eval.report import is_evaluation_key
 from ..index import HammingIndex, sign_codes
 from ..losses import LOSSES
@@ -241,18 +241,10 @@ def make_validate(cfg: RunConfig, splits: DatasetSplits, device: torch.device, *
     adversarial = cfg.val_attack != "none"
 
     def attacked(model: nn.Module, dataset) -> tuple[np.ndarray, np.ndarray]:
-        from torch.utils.data import DataLoader
-
         attack = learners.build_attack(
             model, cfg.val_attack, eps=cfg.adv_eps, steps=cfg.adv_steps, alpha=cfg.adv_alpha,
             random_start=cfg.adv_random_start, seed=cfg.seed)
-        outs, labels = [], []
-        for x, y, _ in DataLoader(dataset, batch_size=bs, shuffle=False):
-            adv = attack(x.to(device), y.to(device))
-            with torch.no_grad():
-                outs.append(model(adv).float().cpu())
-            labels.append(y.float())
-        return torch.cat(outs).numpy(), torch.cat(labels).numpy()
+        return encode_attacked(model, attack, dataset, batch_size=bs, device=device)
 
     def validate_classify(model: nn.Module) -> dict[str, float]:
         logits, labels, _ = encode(model, splits.validation, batch_size=bs, device=device,

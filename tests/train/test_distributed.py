@@ -24,7 +24,8 @@ import torch.multiprocessing as mp
 from retrieval_bio import distributed
 from retrieval_bio.config import RunConfig
 from retrieval_bio.datasets import TensorSplit
-from retrieval_bio.eval.encode import encode
+from retrieval_bio.eval.encode import encode, encode_attacked
+from retrieval_bio.learners.adversarial import build_attack
 from retrieval_bio.learners.krotov import KrotovHopfield
 from retrieval_bio.losses import create_loss
 from retrieval_bio.models import create_model
@@ -149,9 +150,22 @@ def _encoder() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 5))
 
 
+def _pgd(model: torch.nn.Module):
+    return build_attack(model, "pgd", eps=0.05, steps=3, random_start=True, seed=5)
+
+
 def _encode_ranks(rank: int, world: int, out: str) -> None:
     result = encode(_encoder(), _dataset(), batch_size=4)
     np.savez(f"{out}.{rank}.npz", *result)
+    model, attacked = _encoder(), []
+    pgd = _pgd(model)
+
+    def attack(x, y):
+        attacked.append(len(x))
+        return pgd(x, y)
+
+    np.savez(f"{out}.adv.{rank}.npz", *encode_attacked(model, attack, _dataset(), batch_size=4),
+             attacked=np.array(sum(attacked)))
     model = _encoder()
     with pytest.raises(ValueError, match="multiple of the"):  # 5 items do not split evenly
         Trainer(model, torch.nn.CrossEntropyLoss(), _dataset(),
@@ -163,10 +177,18 @@ def test_sharded_encoding_returns_items_in_dataset_order(tmp_path, world):
     _spawn(_encode_ranks, world, str(tmp_path / "enc"))
     ref = encode(_encoder(), _dataset(), batch_size=4)
     assert np.array_equal(ref[2], np.arange(37))
+    model = _encoder()
+    adv_ref = encode_attacked(model, _pgd(model), _dataset(), batch_size=4)
+    assert not np.array_equal(adv_ref[0], ref[0])  # the attack moved the outputs
     for r in range(world):
         got = np.load(tmp_path / f"enc.{r}.npz")
         for j in range(3):
             assert np.array_equal(got[f"arr_{j}"], ref[j]), (r, j)
+        adv = np.load(tmp_path / f"enc.adv.{r}.npz")  # the validation attack's encoding
+        for j in range(2):
+            assert np.array_equal(adv[f"arr_{j}"], adv_ref[j]), (r, j)
+    # each rank attacked its own share only
+    assert sum(int(np.load(tmp_path / f"enc.adv.{r}.npz")["attacked"]) for r in range(world)) == 37
 
 
 def _multi_label_batch(n: int = 16, classes: int = 4):
