@@ -8,6 +8,8 @@ item that is neither query nor validation (so it includes train, like CIFAR-10 p
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -18,6 +20,8 @@ from .registry import DATASETS
 TRAIN_PER_CLASS = 100
 VAL_PER_CLASS = 20
 QUERY_PER_CLASS = 20
+
+log = logging.getLogger(__name__)
 
 
 def digits_arrays() -> tuple[torch.Tensor, np.ndarray]:
@@ -34,9 +38,13 @@ def load_digits_splits(
     root: str | None = None, *, protocol: str | None = None, seed: int = 0,
     image_size: int = 32, **_: object,
 ) -> DatasetSplits:
-    """Load ``digits`` resized to ``image_size`` px; ``root`` is ignored (data is bundled)."""
+    """Load ``digits`` resized to ``image_size`` px. The data ships with scikit-learn, so a
+    ``root`` is not read (a warning says so: a user who meant another dataset sees it)."""
     if protocol not in (None, "digits"):
         raise DatasetError(f"dataset 'digits' has one protocol, 'digits'; got {protocol!r}")
+    if root is not None:
+        log.warning("dataset 'digits' ships with scikit-learn and reads no files: root %s is "
+                    "not used (did you mean another --dataset?)", root)
     images, targets = digits_arrays()
     labels = one_hot(targets, 10)
     train, val, query, rest = per_class_split(
