@@ -16,7 +16,7 @@ gradients w.r.t. the input only and chooses its gradient source with ``grad="exa
 
 from .apgd import APGD, APGDT, apgd_checkpoints, dlr_loss, dlr_targeted_loss
 from .auto import AutoAttack
-from .base import ATTACKS, GRAD_SOURCES, NORM_LABELS, NORMS, Attack, class_indices
+from .base import ATTACKS, GRAD_SOURCES, NORM_LABELS, NORMS, Attack, EnsembleAttack, class_indices
 from .fgsm import FGSM
 from .hag import HAG, hag_loss, hag_mask
 from .pgd import PGD
@@ -25,7 +25,8 @@ from .sdha import SDHA, relevance_mask, sdha_distance, sdha_surrogate, sdha_weig
 from .square import Square, margin, p_schedule, square_pattern
 
 __all__ = [
-    "ALPHA_SCHEDULE", "APGD", "APGDT", "ATTACKS", "Attack", "AutoAttack", "FGSM",
+    "ALPHA_SCHEDULE", "APGD", "APGDT", "ATTACKS", "Attack", "AutoAttack", "EnsembleAttack",
+    "FGSM",
     "GRAD_SOURCES", "HAG", "NORMS", "NORM_LABELS", "PGD", "SDHA", "Square", "alpha_at",
     "alpha_schedule", "apgd_checkpoints", "class_indices", "dlr_loss", "dlr_targeted_loss",
     "hag_loss", "hag_mask", "margin", "p_schedule", "relevance_mask", "sdha_distance",

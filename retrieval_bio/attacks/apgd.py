@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..progress import Progress
-from .base import ATTACKS, Attack
+from .base import ATTACKS, EnsembleAttack
 from .square import margin
 
 LOSSES = ("ce", "dlr")
@@ -87,7 +87,7 @@ def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tenso
 
 
 @ATTACKS.register("apgd", help="APGD (Croce & Hein 2020): step-size-free PGD, CE or DLR loss")
-class APGD(Attack):
+class APGD(EnsembleAttack):
     """APGD (Croce & Hein 2020), L∞ or L2, untargeted (CE or DLR loss) or targeted (DLR).
 
     Per run, from a random point x^(0) of the ε-ball (:meth:`Attack.random_init`), with a
@@ -180,12 +180,6 @@ class APGD(Attack):
         return (f"{type(self).__name__}(eps={self.eps:g}, norm={self.norm!r}, {kind}, "
                 f"n_iter={self.n_iter}, n_restarts={self.n_restarts}, grad={self.grad!r}, "
                 f"seed={self.seed})")
-
-    def forward(
-        self, images: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator,
-        progress: Progress,
-    ) -> torch.Tensor:
-        return self.run(images, self.class_ids(labels), generator, progress)[0]
 
     def run(
         self, images: torch.Tensor, y: torch.Tensor, generator: torch.Generator,

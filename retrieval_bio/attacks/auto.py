@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ..progress import Progress
 from .apgd import APGD, APGDT
-from .base import ATTACKS, Attack
+from .base import ATTACKS, Attack, EnsembleAttack
 from .square import Square
 
 #: The parts, in the order they run (keys of :attr:`AutoAttack.breakdown`).
@@ -69,7 +69,7 @@ class AutoAttack(Attack):
         super().__init__(model, eps, grad=grad, seed=seed, norm=norm, **options)
         common = dict(norm=norm, grad=grad, seed=seed)
         # bpda / eot shape the APGD parts' gradients; Square is gradient-free
-        self.parts: dict[str, APGD | Square] = {
+        self.parts: dict[str, EnsembleAttack] = {
             "apgd-ce": APGD(model, eps, loss="ce", n_iter=n_iter, n_restarts=n_restarts,
                             **common, **options),
             "apgd-t": APGDT(model, eps, n_iter=n_iter, n_restarts=n_restarts,

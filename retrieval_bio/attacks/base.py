@@ -273,6 +273,28 @@ class Attack:
         return class_indices(labels)
 
 
+class EnsembleAttack(Attack):
+    """An attack that AutoAttack (:mod:`.auto`) can compose: besides ``forward`` it runs on
+    a subset of the images and says which it fooled (:meth:`run`), so that each attack of
+    the ensemble only attacks the images that are still robust."""
+
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator,
+        progress: Progress,
+    ) -> torch.Tensor:
+        return self.run(images, self.class_ids(labels), generator, progress)[0]
+
+    def run(
+        self, images: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
+        progress: Progress, active: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(adv, fooled)`` for ``images`` ``(N, C, H, W)`` in [0, 1] and class ids ``y``
+        ``(N,)``: the adversarial images, the ones ``active`` (``(N,)`` bool, default all)
+        leaves out unchanged, and ``(N,)`` bool, true where the returned image is
+        misclassified."""
+        raise NotImplementedError
+
+
 def eot_reduce(grads: torch.Tensor, how: str) -> torch.Tensor:
     """One gradient from ``grads`` ``(R, N, ...)``, R samples of the gradient of N images:
     ``"mean"`` averages them; ``"normalized"`` averages ∇_r/(‖∇_r‖₂ + 1e-12) per image (a

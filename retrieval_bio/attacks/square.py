@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..progress import Progress
-from .base import ATTACKS, Attack, l2_norms
+from .base import ATTACKS, EnsembleAttack, l2_norms
 
 # Iteration thresholds (on a 10,000-query scale) at which the square's area fraction p halves.
 _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -64,7 +64,7 @@ def square_pattern(s: int) -> torch.Tensor:
 
 
 @ATTACKS.register("square", help="Square (Andriushchenko et al. 2020): gradient-free, L∞ or L2")
-class Square(Attack):
+class Square(EnsembleAttack):
     """Square attack: random search over square-shaped updates, margin loss, untargeted.
 
     **L∞** (the paper's Algorithm 2). Start: x + ε·(random ±1 vertical stripes, one per column
@@ -122,12 +122,6 @@ class Square(Attack):
             raise ValueError(f"p_init must be in (0, 1], got {p_init}")
         self.n_queries = int(n_queries)
         self.p_init = float(p_init)
-
-    def forward(
-        self, images: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator,
-        progress: Progress,
-    ) -> torch.Tensor:
-        return self.run(images, self.class_ids(labels), generator, progress)[0]
 
     def run(
         self, images: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
