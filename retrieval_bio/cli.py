@@ -1262,6 +1262,20 @@ def sweep_cmd(
         raise typer.Exit(1)
 
 
+def _one_line_summaries(*apps: typer.Typer) -> None:
+    """Typer's rich help keeps a docstring's line breaks in the list of commands, then wraps
+    each line again, which prints a staircase: list each command by its first paragraph on
+    one line (its own ``--help`` still shows the whole text)."""
+    for group in apps:
+        for info in group.registered_commands:
+            doc = info.help or (info.callback.__doc__ if info.callback else None)
+            if info.short_help is None and doc:
+                info.short_help = " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
+
+
+_one_line_summaries(app, data_app)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

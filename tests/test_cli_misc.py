@@ -43,3 +43,20 @@ def test_data_opt_flags_reach_the_loader_and_the_config(tmp_path, one_thread):
     assert "test_accuracy" in read_json(out / "metrics.json")
     r = runner.invoke(app, ["pretrain", "--data-opt", "novalue", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "KEY=VALUE" in r.output
+
+
+def test_the_command_list_shows_each_summary_as_one_paragraph():
+    """Typer's rich help would keep a docstring's line breaks in the list of commands and
+    wrap each line again (a staircase of short lines)."""
+    import re
+
+    from retrieval_bio.cli import data_app
+
+    for group in (app, data_app):
+        for info in group.registered_commands:
+            assert info.short_help and "\n" not in info.short_help, info.name
+    out = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "100"}).output
+    pretrain = re.search(r"pretrain\s+(BP[^\n]*)", out)
+    assert pretrain is not None, out
+    # the first panel line is filled before the text goes on to the next
+    assert len(pretrain.group(1).rstrip(" │")) > 60, out
