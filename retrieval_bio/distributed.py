@@ -255,6 +255,16 @@ def shard_range(n: int, block: int = 1) -> range:
     return range(min(blocks * r // world * block, n), min(blocks * (r + 1) // world * block, n))
 
 
+def shard_dataset(dataset, block: int = 1):
+    """This rank's contiguous share of ``dataset`` (a ``Subset`` of :func:`shard_range`, cut
+    at multiples of ``block``, the batch size); ``dataset`` itself when not distributed."""
+    if world_size() == 1:
+        return dataset
+    from torch.utils.data import Subset
+
+    return Subset(dataset, shard_range(len(dataset), block))
+
+
 def broadcast_object(obj: object, src: int = 0) -> object:
     """Rank ``src``'s ``obj`` on every rank (``obj`` itself when not distributed)."""
     if world_size() == 1:

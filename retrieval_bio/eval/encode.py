@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from .. import distributed
 from ..loading import loader_options
@@ -43,8 +43,7 @@ def encode(
     if fast:
         model.to(memory_format=torch.channels_last)
     progress = ensure(progress)
-    loader = DataLoader(_share(dataset, batch_size), batch_size=batch_size, shuffle=False,
-                        **loader_options(dataset, num_workers, device))
+    loader = _share_loader(dataset, batch_size, num_workers, device)
     outs, labels, ids = [], [], []
     progress.start(description, len(loader))
     try:
@@ -84,8 +83,7 @@ def encode_attacked(
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    loader = DataLoader(_share(dataset, batch_size), batch_size=batch_size, shuffle=False,
-                        **loader_options(dataset, num_workers, device))
+    loader = _share_loader(dataset, batch_size, num_workers, device)
     outs, labels, ids = [], [], []
     try:
         for x, y, i in loader:
@@ -99,11 +97,11 @@ def encode_attacked(
     return _gathered(outs, labels, ids)[:2]  # type: ignore[return-value]
 
 
-def _share(dataset: Dataset, batch_size: int) -> Dataset:
-    """This rank's contiguous share of whole batches (``dataset`` itself in one process)."""
-    if distributed.world_size() == 1:
-        return dataset
-    return Subset(dataset, distributed.shard_range(len(dataset), batch_size))  # type: ignore
+def _share_loader(dataset: Dataset, batch_size: int, num_workers: int | None,
+                  device: torch.device) -> DataLoader:
+    """Batches of this rank's share of ``dataset``, in order (all of it in one process)."""
+    return DataLoader(distributed.shard_dataset(dataset, batch_size), batch_size=batch_size,
+                      shuffle=False, **loader_options(dataset, num_workers, device))
 
 
 def _gathered(outs: list[torch.Tensor], labels: list[torch.Tensor], ids: list[torch.Tensor]

@@ -39,6 +39,7 @@ import math
 import torch
 import torch.nn as nn
 
+from .. import distributed
 from ..losses.jacobian import graph_jacobian_frobenius_sq
 from .backbones import BACKBONES, BackboneSpec, WeightsNotFoundError
 from .mlp import flat_inputs
@@ -244,11 +245,20 @@ class SHLPNet(_FlatNet):
 
     def end_statistics(self) -> None:
         """Set the spectral regulariser's eigenbasis from the accumulated covariance,
-        scatter − sum·sumᵀ/N over N − 1 (the whole data, correctly centred)."""
+        scatter − sum·sumᵀ/N over N − 1 (the whole data, correctly centred). Under data
+        parallelism the sums are over every rank's share of the data."""
         stats, self._stats = self._stats, None
         if stats is None:
             return
-        total, scatter, n = stats
+        k = self.spectral.basis.shape[0]
+        dev = self.spectral.basis.device
+        # a rank whose share was empty still holds the Python zeros it started from
+        total = torch.zeros(k, dtype=torch.float64, device=dev) + stats[0]
+        scatter = torch.zeros(k, k, dtype=torch.float64, device=dev) + stats[1]
+        count = torch.tensor([float(stats[2])], dtype=torch.float64, device=dev)
+        for t in (total, scatter, count):
+            distributed.all_reduce_sum(t)
+        n = int(count.item())
         if n < 2:
             raise ValueError("the spectral regulariser needs at least 2 training images")
         self.spectral.fit((scatter - torch.outer(total, total) / n) / (n - 1))

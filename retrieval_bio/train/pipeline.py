@@ -478,7 +478,8 @@ def refresh_statistics(model: nn.Module, train_set, device: torch.device, batch_
     inputs between ``start_statistics()`` and ``end_statistics()`` while the whole model
     runs, in eval mode, over ``train_set`` (evaluation transforms), then updates its buffers.
     Before training and after every epoch, so the basis an epoch uses comes from the weights
-    it started with."""
+    it started with. Under data parallelism each rank runs its share of the batches and
+    ``end_statistics()`` sums the ranks' statistics."""
     from torch.utils.data import DataLoader
 
     parts = _statistics_parts(model)
@@ -489,7 +490,8 @@ def refresh_statistics(model: nn.Module, train_set, device: torch.device, batch_
     try:
         for part in parts:
             part.start_statistics()
-        for x, _, _ in DataLoader(train_set, batch_size=max(batch_size, 256)):
+        bs = max(batch_size, 256)
+        for x, _, _ in DataLoader(distributed.shard_dataset(train_set, bs), batch_size=bs):
             model(x.to(device))
         for part in parts:
             part.end_statistics()

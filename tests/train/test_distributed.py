@@ -333,3 +333,39 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_cleanly(tmp_path):
     _spawn(_nan_ranks, 2, str(tmp_path / "nan"))
     for r in range(2):
         assert "loss is nan" in (tmp_path / f"nan.{r}").read_text()
+
+
+def _spectral_basis(rank: int, world: int, out: str) -> None:
+    """The spectral regulariser's basis after a refresh over 300 images, and how many
+    images this rank ran through the model."""
+    from retrieval_bio.train.pipeline import refresh_statistics
+
+    torch.manual_seed(0)
+    model = create_model("shlp", image_size=3, hidden=5, spectral_penalty=1.0,
+                         spectral_alpha=1.0).double()
+    g = torch.Generator().manual_seed(2)
+    data = TensorSplit(torch.rand(300, 3, 3, 3, generator=g).double(),
+                       torch.eye(10)[torch.arange(300) % 10])
+    seen = []
+    model.register_forward_hook(lambda m, args, out: seen.append(len(args[0])))
+    refresh_statistics(model, data, torch.device("cpu"), batch_size=16)
+    torch.save({"basis": model.backbone.net.spectral.basis.clone(),
+                "seen": torch.tensor(sum(seen))}, f"{out}.{rank}.pt")
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_spectral_statistics_refresh_is_sharded_and_equals_one_process(tmp_path, world):
+    """The refresh runs batches of 256: 300 images are two batches, split 256 / 44 over two
+    ranks, and over three ranks one of them has none. The ranks' summed statistics give
+    the one-process eigenbasis (up to each eigenvector's sign)."""
+    _spawn(_spectral_basis, world, str(tmp_path / "s"))
+    _spectral_basis(0, 1, str(tmp_path / "ref"))
+    ref = torch.load(tmp_path / "ref.0.pt", weights_only=True)
+    seen = []
+    for r in range(world):
+        got = torch.load(tmp_path / f"s.{r}.pt", weights_only=True)
+        overlap = (got["basis"].T @ ref["basis"]).abs()
+        torch.testing.assert_close(overlap, torch.eye(5, dtype=overlap.dtype), atol=1e-8,
+                                   rtol=0)
+        seen.append(int(got["seen"]))
+    assert sorted(seen) == ([44, 256] if world == 2 else [0, 44, 256])
