@@ -25,8 +25,7 @@ from .sdha import SDHA, relevance_mask, sdha_distance, sdha_surrogate, sdha_weig
 from .square import Square, margin, p_schedule, square_pattern
 
 __all__ = [
-    "ALPHA_SCHEDULE", "APGD", "APGDT", "ATTACKS", "Attack", "AutoAttack", "EnsembleAttack",
-    "FGSM",
+    "ALPHA_SCHEDULE", "APGD", "APGDT", "ATTACKS", "Attack", "AutoAttack", "EnsembleAttack", "FGSM",
     "GRAD_SOURCES", "HAG", "NORMS", "NORM_LABELS", "PGD", "SDHA", "Square", "alpha_at",
     "alpha_schedule", "apgd_checkpoints", "class_indices", "dlr_loss", "dlr_targeted_loss",
     "hag_loss", "hag_mask", "margin", "p_schedule", "relevance_mask", "sdha_distance",
