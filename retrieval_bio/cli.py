@@ -12,7 +12,7 @@ import logging
 import shlex
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -338,6 +338,18 @@ def _check_data_options(cfg: RunConfig) -> None:
         raise ConfigError(
             f"--data-opt {', '.join(unknown)}: not an option of dataset {cfg.dataset!r}; it "
             f"takes {', '.join(sorted(named - reserved - {'problems'})) or 'none'}")
+
+
+def _check_cells_data_options(grid: Path, cells: Sequence[Any]) -> None:
+    """:func:`_check_data_options` for every cell of a grid file (``sweep``, ``tradeoff``),
+    the error naming the file and the cell."""
+    for cell in cells:
+        try:
+            _check_data_options(cell.config)
+        except ConfigError as e:
+            raise ConfigError(f"{grid}: cell {cell.name}: "
+                              f"{str(e).replace('--data-opt ', 'dataset_options: ')}"
+                              ) from None
 
 
 def _train(stage: str, **given: Any) -> None:
@@ -1118,8 +1130,7 @@ def tradeoff_cmd(
 
     with _guard():
         spec = load_grid(grid)
-        for cell in spec.cells:
-            _check_data_options(cell.config)
+        _check_cells_data_options(grid, spec.cells)
     if dry_run:
         with _guard():
             rows = grid_status(spec)
@@ -1201,13 +1212,7 @@ def sweep_cmd(
     _setup_logging(verbose)
     with _guard():
         spec = load_grid(grid)
-        for cell in spec.cells:
-            try:
-                _check_data_options(cell.config)
-            except ConfigError as e:
-                raise ConfigError(f"{grid}: cell {cell.name}: "
-                                  f"{str(e).replace('--data-opt ', 'dataset_options: ')}"
-                                  ) from None
+        _check_cells_data_options(grid, spec.cells)
         if dry_run:
             rows = sweep_status(spec, only)
     attacks = ", ".join(a.label for a in spec.attacks) or "no attacks"

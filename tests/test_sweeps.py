@@ -356,6 +356,8 @@ def test_cli_errors_are_one_line(tmp_path):
     fails(str(bad), named="is not valid YAML", one_line=False)  # then YAML's position
     fails(str(_grid_file(tmp_path, grid={"backbon": ["mlp"]})), named="'backbon'")
     fails(str(_grid_file(tmp_path, grid={})), named="grid is missing or empty")
+    fails(str(_grid_file(tmp_path, base={**BASE, "dataset_options": {"countz": 3}})),
+          named="dataset_options: countz: not an option of dataset 'digits'")
     fails(str(_grid_file(tmp_path)), "--only", "nothing*", named="matches no cell")
     fails(str(_grid_file(tmp_path)), "--executor", "ray", named="--executor")
     fails(str(_grid_file(tmp_path)), "--device", "tpu", named="device")

@@ -275,3 +275,8 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.exit_code == 2 and "does not exist" in r.output
     r = runner.invoke(app, ["tradeoff", str(_grid_file(tmp_path)), "--device", "tpu"])
     assert r.exit_code == 2 and "device" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["tradeoff", str(_grid_file(
+        tmp_path, base={**BASE, "dataset_options": {"countz": 3}}))])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert "cell bp-lr0.003-s0: dataset_options: countz: not an option of dataset" in r.output
+    assert not (tmp_path / "out").exists()
