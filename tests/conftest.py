@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
+from helpers import torch_threads
 
 from retrieval_bio.config import RunConfig
 from retrieval_bio.train import train_run
@@ -15,10 +15,8 @@ from retrieval_bio.train import train_run
 @pytest.fixture
 def one_thread():
     """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

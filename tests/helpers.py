@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -13,6 +14,20 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def copy_run(run: Path, dest: Path) -> Path:
     """A copy of a run folder without its attack reports (other tests write theirs)."""
     return Path(shutil.copytree(run, dest, ignore=shutil.ignore_patterns("attack-*")))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int = 1):
+    """torch's intra-op threads set to ``n`` within the block, restored after: tiny models
+    run fastest on one thread, and do not fight other processes for the cores."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 class CtrlCAt:

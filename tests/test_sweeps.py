@@ -10,9 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from helpers import RunCalls
+from helpers import RunCalls, torch_threads
 from typer.testing import CliRunner
 
 from retrieval_bio.cli import app
@@ -156,14 +155,10 @@ def test_the_package_keeps_its_public_names_and_imports_nothing_private():
 def ran(tmp_path_factory):
     """Three cells: two good head learning rates and one that diverges; PGD on each."""
     tmp = tmp_path_factory.mktemp("sweep")
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         grid = load_grid(_grid_file(tmp))
         seen: list[dict] = []
         result = run_sweep(grid, on_cell=seen.append)
-    finally:
-        torch.set_num_threads(prev)
     return grid, result, seen
 
 

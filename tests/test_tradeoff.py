@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
-from helpers import PNG_SIGNATURE, RunCalls
+from helpers import PNG_SIGNATURE, RunCalls, torch_threads
 from typer.testing import CliRunner
 
 from retrieval_bio.cli import app
@@ -38,10 +37,8 @@ def _grid_file(tmp: Path, name: str = "grid.yaml", **grid) -> Path:
 
 @pytest.fixture(autouse=True)
 def _two_threads():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(prev)
+    with torch_threads(2):
+        yield
 
 
 # -- the grid -----------------------------------------------------------------------------
@@ -132,15 +129,11 @@ def test_every_cell_is_checked_before_anything_runs(tmp_path):
 def ran(tmp_path_factory):
     """bp at a good and a diverging learning rate, fa at the good one; two seeds: 6 cells."""
     tmp = tmp_path_factory.mktemp("tradeoff")
-    prev = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         grid = load_grid(_grid_file(tmp, lrs={"bp": [3e-3, DIVERGING_LR], "fa": [3e-3]},
                                     seeds=[0, 1]))
         seen: list[dict] = []
         result = run_tradeoff(grid, on_cell=seen.append)
-    finally:
-        torch.set_num_threads(prev)
     return grid, result, seen
 
 

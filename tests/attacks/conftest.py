@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import torch_threads
 
 from retrieval_bio.datasets import load
 from retrieval_bio.models import create_model
@@ -14,20 +13,9 @@ from retrieval_bio.models import create_model
 BITS = 16
 
 
-@contextlib.contextmanager
-def single_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
-
-
 @pytest.fixture(autouse=True)
 def _one_thread():
-    with single_thread():
+    with torch_threads(1):
         yield
 
 
@@ -80,7 +68,7 @@ def hash_model(digits):
     def loss_fn(h, idx):
         return F.binary_cross_entropy_with_logits(h, codewords[y[idx]])
 
-    with single_thread():
+    with torch_threads(1):
         train(model, x, loss_fn, epochs=4)
     return model
 
@@ -90,7 +78,7 @@ def classifier(digits):
     torch.manual_seed(0)
     model = create_model("small-cnn", "classify", num_classes=10)
     x, y = digits.train.images, digits.train.labels.argmax(1)
-    with single_thread():
+    with torch_threads(1):
         train(model, x, lambda out, idx: F.cross_entropy(out, y[idx]), epochs=4)
     return model
 

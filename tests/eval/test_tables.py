@@ -13,8 +13,7 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
-import torch
-from helpers import PNG_SIGNATURE, copy_run
+from helpers import PNG_SIGNATURE, copy_run, torch_threads
 from typer.testing import CliRunner
 
 from retrieval_bio.cli import app
@@ -35,12 +34,8 @@ def runs(tmp_path_factory, tiny_run):
     """bp and frsf classifiers (frsf twice: seeds 0 and 1, one config) attacked with FGSM at
     two ε, and an frsf hashing run attacked with HAG (2 steps)."""
     # one thread here too: a module fixture is set up before the function-scoped one_thread
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _make_runs(tmp_path_factory.mktemp("report-runs"), tiny_run)
-    finally:
-        torch.set_num_threads(prev)
 
 
 def _make_runs(base: Path, tiny_run) -> dict[str, Path]:
