@@ -325,6 +325,11 @@ def _first_value(data: Mapping[str, Any]) -> Any:
     return next(iter(data.values()))
 
 
+def _is_layer_map(data: Mapping[str, Any]) -> bool:
+    """Whether ``data`` is one run's ``layer -> value(s)`` (not ``run label -> {layer ...}``)."""
+    return not isinstance(_first_value(data), Mapping)
+
+
 def _finite(v: Any) -> float:
     """A value for a plot: None, NaN and ±inf become NaN (a gap, not an axis blow-up)."""
     import math
@@ -380,7 +385,7 @@ def snr_plot(
     """Block SNR under Gaussian noise per layer, power dB (seed 004 Fig 5.6). ``snr``: one
     result of :func:`~retrieval_bio.eval.layerwise.block_snr` (layer -> dB), or
     ``run label -> result``."""
-    runs = _runs(snr, lambda d: not isinstance(_first_value(d), Mapping), label)
+    runs = _runs(snr, _is_layer_map, label)
     noise = f", σ = {sigma:g}" if sigma is not None else ""
     return _layer_plot(path, runs, lambda v: v, "SNR [dB] (10·log10 E[‖f‖²/‖Δf‖²])",
                        title or f"Block SNR under Gaussian noise{noise}")
@@ -393,7 +398,7 @@ def sparsity_plot(
     """Mean activation sparsity s per layer (seed 004 Fig 5.4; 0 = one active channel per
     location, 1 = all equally active). ``sparsity``: one result of
     :func:`~retrieval_bio.eval.layerwise.activation_sparsity`, or ``run label -> result``."""
-    runs = _runs(sparsity, lambda d: not isinstance(_first_value(d), Mapping), label)
+    runs = _runs(sparsity, _is_layer_map, label)
     return _layer_plot(path, runs, lambda v: v, "s = ((‖a‖₁/‖a‖₂)² − 1)/(N − 1)",
                        title or "Activation sparsity per layer", ylim=(-0.02, 1.02),
                        note="s = 0: a single nonzero channel; s = 1: all channels equal")
@@ -418,28 +423,19 @@ def layer_histograms_plot(
     ``run label -> {layer -> values}``. NaN and ±inf are left out."""
     import numpy as np
 
-    runs = _runs(values, lambda d: not isinstance(_first_value(d), Mapping), label)
-    layers = _inner_keys(runs)  # every run's layers, first-seen order
-    path = Path(path)
-    fig, axes = _grid(len(layers), cols)
-    with _closed_on_error(fig):
-        for ax, layer in zip(axes.flat, layers, strict=False):
-            data = {lab: np.asarray([] if res.get(layer) is None else res[layer], dtype=float)
-                    for lab, res in runs.items()}
-            data = {lab: v[np.isfinite(v)] for lab, v in data.items()}
-            pooled = np.concatenate(list(data.values())) if data else np.empty(0)
-            edges = np.histogram_bin_edges(pooled, bins=bins) if pooled.size else bins
-            for lab, v in data.items():
-                if v.size:
-                    ax.hist(v, bins=edges, alpha=0.55, label=lab)
-            ax.set_title(layer, fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.set_xlabel(xlabel, fontsize=7)
-        if layers and len(runs) > 1:
-            axes.flat[0].legend(fontsize=7, loc="best")
-        fig.suptitle(title, fontsize=10)
-        fig.tight_layout()
-    return save_figure(fig, path)
+    runs = _runs(values, _is_layer_map, label)
+
+    def draw(ax: Any, layer: str) -> None:
+        data = {lab: np.asarray([] if res.get(layer) is None else res[layer], dtype=float)
+                for lab, res in runs.items()}
+        data = {lab: v[np.isfinite(v)] for lab, v in data.items()}
+        pooled = np.concatenate(list(data.values())) if data else np.empty(0)
+        edges = np.histogram_bin_edges(pooled, bins=bins) if pooled.size else bins
+        for lab, v in data.items():
+            if v.size:
+                ax.hist(v, bins=edges, alpha=0.55, label=lab)
+
+    return _panel_per_layer(path, runs, draw, xlabel, title, cols)
 
 
 def psr_histogram_plot(
@@ -466,30 +462,41 @@ def spectrum_plot(
     ``run label -> result``. Zeros cannot sit on the log axis and are left out."""
     import numpy as np
 
-    runs = _runs(spectra, lambda d: not isinstance(_first_value(d), Mapping), label)
-    layers = _inner_keys(runs)  # every run's layers, first-seen order
-    path = Path(path)
+    runs = _runs(spectra, _is_layer_map, label)
+
+    def draw(ax: Any, layer: str) -> None:
+        for lab, res in runs.items():
+            if res.get(layer) is None:
+                continue
+            sv = np.sort(np.asarray(res[layer], dtype=float))[::-1]
+            rank = np.arange(1, sv.size + 1) / max(sv.size, 1)
+            keep = sv > 0
+            ax.plot(rank[keep], sv[keep], linewidth=1.2, label=lab)
+        ax.set_yscale("log")
+        ax.grid(True, which="major", alpha=0.3)
+
+    return _panel_per_layer(path, runs, draw, "rank / count",
+                            title or "Singular values of each conv (FFT, circular padding)",
+                            cols)
+
+
+def _panel_per_layer(path: str | Path, runs: Mapping[str, Mapping[str, Any]], draw: Any,
+                     xlabel: str, title: str, cols: int) -> Path:
+    """One panel per layer of ``runs`` (``run label -> {layer -> ...}``; every run's layers,
+    first-seen order), ``draw(ax, layer)`` filling each; a legend when runs are overlaid."""
+    layers = _inner_keys(runs)
     fig, axes = _grid(len(layers), cols)
     with _closed_on_error(fig):
         for ax, layer in zip(axes.flat, layers, strict=False):
-            for lab, res in runs.items():
-                if res.get(layer) is None:
-                    continue
-                sv = np.sort(np.asarray(res[layer], dtype=float))[::-1]
-                rank = np.arange(1, sv.size + 1) / max(sv.size, 1)
-                keep = sv > 0
-                ax.plot(rank[keep], sv[keep], linewidth=1.2, label=lab)
-            ax.set_yscale("log")
+            draw(ax, layer)
             ax.set_title(layer, fontsize=8)
             ax.tick_params(labelsize=7)
-            ax.set_xlabel("rank / count", fontsize=7)
-            ax.grid(True, which="major", alpha=0.3)
+            ax.set_xlabel(xlabel, fontsize=7)
         if layers and len(runs) > 1:
             axes.flat[0].legend(fontsize=7, loc="best")
-        fig.suptitle(title or "Singular values of each conv (FFT, circular padding)",
-                     fontsize=10)
+        fig.suptitle(title, fontsize=10)
         fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, Path(path))
 
 
 # ------------------------------------------------------ representation diagnostics
